@@ -73,8 +73,9 @@ class OffrlCLI(LightningCLI):
             self.trainer.logger = TensorBoardLogger(LOG_ROOT, name=run_name, version=version, default_hp_metric=False)
 
 
-def run_lightning(args: list[str] | None) -> None:
-    OffrlCLI(
+def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:
+    """The CLI on `args`; with run=False it only builds the model, datamodule and trainer (for scripts)."""
+    return OffrlCLI(
         OfflineAlgorithm,
         TransitionDataModule,
         subclass_mode_model=True,
@@ -82,6 +83,7 @@ def run_lightning(args: list[str] | None) -> None:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
         auto_configure_optimizers=False,
     )
 
