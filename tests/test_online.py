@@ -147,3 +147,26 @@ def test_shipped_hopper_config_runs_online_from_the_command_line(in_tmp_dir):
     # After the 40th and last update: 100 warm-up steps plus one env step per update.
     assert metrics["train/env_steps"][-1] == 100 + 40
     assert {"train/critic_loss", "train/alpha", "eval/return", "eval/normalized_score"} <= set(metrics)
+
+
+def test_medium_replay_is_the_sac_replay_buffer_and_stops_at_the_target(in_tmp_dir, monkeypatch):
+    from offrl.data import registry
+    from offrl.data.generators import medium_replay
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(in_tmp_dir / "store"))
+    registry.generate("offrl/mujoco/hopper/medium-replay-v0", steps=300, seed=0)
+    transitions, info = registry.load("offrl/mujoco/hopper/medium-replay-v0")
+    assert transitions.batch_size[0] == 300  # a tiny run never reaches medium, so the whole budget is kept
+    assert info.metadata["env_steps"] == 300 and info.metadata["reached_target"] is False
+    assert info.metadata["target_normalized_score"] == medium_replay.MEDIUM_LEVEL["hopper"]
+    # Episodes are whole env trajectories: each step starts where the previous one ended.
+    inside = torch.arange(299)[transitions["episode_last"][:-1] > torch.arange(299)]
+    assert torch.equal(transitions["observation"][inside + 1], transitions["next", "observation"][inside])
+    assert transitions["next", "done"][transitions["episode_last"].unique()].all()
+
+    # With a target any policy meets, the run stops at its first evaluation: 200 warm-up steps, 50 updates, and the
+    # env step taken for update 51 before the evaluation.
+    replay, facts = medium_replay.collect_replay(
+        "Hopper-v5", 400, target_score=-1000.0, seed=0, progress=lambda n: None, eval_every=50, eval_episodes=2
+    )
+    assert facts["reached_target"] and replay.size == 251
