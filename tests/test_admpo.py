@@ -275,3 +275,39 @@ def test_tiny_fit_runs_end_to_end_and_its_critic_loss_falls(tmp_path, dynamics, 
     assert "pretraining dynamics" not in result.stderr
     assert len(scalars(run_dir)["model/holdout_mse"]) == len(metrics["model/holdout_mse"])
     assert len(scalars(run_dir)["train/critic_loss"]) > len(critic)
+
+
+def test_bad_settings_fail_in_one_sentence():
+    from offrl.algos.admpo import ModelBasedSAC
+
+    with pytest.raises(OffrlError, match="penalty_form"):
+        ModelBasedSAC(penalty_form="eq5")
+    with pytest.raises(OffrlError, match="max_window"):
+        ModelBasedSAC(dynamics="ensemble", max_window=3)
+    with pytest.raises(OffrlError, match="ensemble_elites"):
+        ModelBasedSAC(dynamics="ensemble", max_window=1, ensemble_members=3, ensemble_elites=5)
+
+
+PAPER_M_H_BETA = {  # DESIGN.md, from the ADMPO paper
+    "hopper-random": (5, 50, 5), "hopper-medium": (5, 10, 1), "hopper-medium-expert": (2, 20, 20),
+    "halfcheetah-random": (2, 10, 2.5), "halfcheetah-medium": (2, 5, 2.5), "halfcheetah-medium-expert": (2, 50, 10),
+    "walker2d-random": (2, 50, 2.5), "walker2d-medium": (5, 10, 5), "walker2d-medium-expert": (3, 2, 6),
+}
+
+
+@pytest.mark.parametrize("algorithm", ["admpo_off", "mopo"])
+def test_configs_build_with_the_papers_settings(algorithm):
+    from offrl.algos.admpo import ModelBasedSAC
+
+    root = Path(__file__).parents[1] / "configs" / algorithm
+    assert sorted(p.stem for p in root.glob("*.yaml")) == sorted(PAPER_M_H_BETA)
+    for path in root.glob("*.yaml"):
+        config = yaml.safe_load(path.read_text())
+        module = ModelBasedSAC(**config["model"]["init_args"])
+        hp, data = module.hparams, config["data"]["init_args"]
+        real = data["batch_size"] / (data["batch_size"] + hp.model_rows)
+        assert abs(real - (0.5 if "medium-expert" in path.stem else 0.05)) < 0.01
+        if algorithm == "admpo_off":
+            assert (hp.max_window, hp.rollout_horizon, hp.penalty_coef) == PAPER_M_H_BETA[path.stem]
+        else:
+            assert hp.dynamics == "ensemble" and (hp.ensemble_members, hp.ensemble_elites) == (7, 5)
