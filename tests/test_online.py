@@ -170,3 +170,40 @@ def test_medium_replay_is_the_sac_replay_buffer_and_stops_at_the_target(in_tmp_d
         "Hopper-v5", 400, target_score=-1000.0, seed=0, progress=lambda n: None, eval_every=50, eval_episodes=2
     )
     assert facts["reached_target"] and replay.size == 251
+
+
+def test_admpo_online_retrains_on_the_data_so_far_on_schedule_with_a_ramped_horizon(in_tmp_dir, monkeypatch):
+    from offrl.algos.admpo import OnlineModelBasedSAC
+
+    L.seed_everything(0)
+    rounds = []  # (env steps, horizon, stored transitions) of every roll-out round
+    record = OnlineModelBasedSAC.rollout_round
+
+    def recording_round(self, transitions, starts, horizon):
+        rounds.append((self.datamodule.size, horizon, transitions.batch_size[0]))
+        # Roll-outs start from windows of real data inside one episode of the compact stored layout.
+        last = transitions["episode_last"]
+        assert (starts + 2 <= last[starts]).all() and torch.equal(last[last], last)
+        record(self, transitions, starts, horizon)
+
+    monkeypatch.setattr(OnlineModelBasedSAC, "rollout_round", recording_round)
+    model = OnlineModelBasedSAC(
+        max_window=3, model_every=50, rollout_horizon=5, min_rollout_horizon=1, horizon_ramp_start=100,
+        horizon_ramp_end=200, penalty_coef=0.0, model_hidden_dim=16, model_gru_layers=1, model_residual_blocks=1,
+        model_max_epochs=2, model_updates_per_epoch=5, hidden_dims=[16], model_rows=24, rollout_batch_size=16,
+        retain_rounds=2,
+    )
+    datamodule = ReplayDataModule("Hopper-v5", batch_size=8, steps_per_epoch=240, capacity=1000, num_envs=2)
+    fit = trainer(240, [OnlineInteraction(warmup_steps=100, updates_per_step=2.0, seed=0)])
+    fit.fit(model, datamodule)
+
+    # Env steps before update u: 100 + ceil(u / 2), rounded up to both envs; a round whenever 50 have been added.
+    assert [(steps, horizon) for steps, horizon, _ in rounds] == [(102, 1), (152, 3), (202, 5)]
+    assert all(stored == steps for steps, _, stored in rounds)  # the model trains on all the data so far
+    assert datamodule.size == 220
+    # The model's input statistics are those of the data at the last round: 101 steps of each env.
+    stored = datamodule.stored()["observation"]
+    at_last_round = torch.cat([stored[:101], stored[110:211]])
+    assert torch.allclose(model.dynamics.obs_normalizer.mean, at_last_round.mean(0), atol=1e-5)
+    assert not torch.allclose(model.dynamics.obs_normalizer.mean, stored.mean(0), atol=1e-5)
+    assert 0 < model.model_buffer.size <= 2 * 16 * 5

@@ -115,6 +115,14 @@ class ReplayDataModule(TransitionDataModule):
         offsets = torch.arange(self.num_envs, device=device) * self.rows_per_env
         return (offsets[:, None] + torch.arange(self.filled, device=device)).flatten()
 
+    def stored(self) -> TensorDict:
+        """The stored transitions alone, env by env, with `episode_last` pointing into this compact layout: what a
+        model trained on the data so far (any-step windows, hold-out split) reads."""
+        stored = self.transitions[self.filled_indices()]
+        last = stored["episode_last"]
+        stored["episode_last"] = (last // self.rows_per_env) * self.filled + last % self.rows_per_env
+        return stored
+
     def extend(self, step: TensorDict, done: np.ndarray) -> None:
         """Append one step of every env: `step` [num_envs] holds observation, action and ("next", observation |
         reward | terminated | truncated); `done` (host booleans) says which envs' episodes ended with it."""

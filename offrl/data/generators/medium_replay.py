@@ -50,7 +50,7 @@ class ReportProgress(L.Callback):
 def replay_episodes(datamodule: ReplayDataModule) -> tuple[list[EpisodeBuffer], list[float]]:
     """The buffer as Minari episodes (the one still running at the end marked truncated) and the returns of the
     episodes that ended in the env."""
-    transitions = datamodule.transitions[datamodule.filled_indices()].cpu()
+    transitions = datamodule.stored().cpu()
     episode = transitions["episode"]
     ends = torch.nonzero(torch.cat([episode[1:] != episode[:-1], torch.tensor([True])])).flatten().tolist()
     episodes, complete_returns, start = [], [], 0
