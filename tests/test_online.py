@@ -207,3 +207,25 @@ def test_admpo_online_retrains_on_the_data_so_far_on_schedule_with_a_ramped_hori
     assert torch.allclose(model.dynamics.obs_normalizer.mean, at_last_round.mean(0), atol=1e-5)
     assert not torch.allclose(model.dynamics.obs_normalizer.mean, stored.mean(0), atol=1e-5)
     assert 0 < model.model_buffer.size <= 2 * 16 * 5
+
+
+def test_shipped_admpo_online_config_runs_from_the_command_line(in_tmp_dir):
+    from pathlib import Path
+
+    from test_cli import scalars
+
+    from offrl.cli import main
+
+    config = Path(__file__).parents[1] / "configs" / "admpo_on" / "hopper.yaml"
+    main([
+        "fit", "--config", str(config), "--trainer.max_steps", "60", "--trainer.log_every_n_steps", "20",
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--data.steps_per_epoch", "60",
+        "--trainer.callbacks.warmup_steps", "100", "--model.hidden_dims", "[16]", "--model.model_hidden_dim", "8",
+        "--model.model_gru_layers", "1", "--model.model_residual_blocks", "1", "--model.model_updates_per_epoch", "2",
+        "--model.model_max_epochs", "1", "--model.rollout_batch_size", "8", "--model.model_every", "2",
+        "--evaluation.num_episodes", "1", "--evaluation.num_envs", "1",
+    ])
+    metrics = scalars(in_tmp_dir / "logs" / "admpo_on" / "Hopper" / "version_0")
+    assert metrics["train/env_steps"][-1] == 100 + 60 / 20  # UTD 20
+    assert metrics["rollout/horizon"][-1] == 1  # far before the ramp starts at 20k env steps
+    assert {"train/critic_loss", "model/holdout_mse", "eval/return"} <= set(metrics)
