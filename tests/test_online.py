@@ -16,6 +16,8 @@ from offrl.data.replay import ReplayDataModule
 from offrl.envs.factory import make_eval_env
 from offrl.errors import OffrlError
 
+from test_value_policy import trainer
+
 
 class Reach1D(gym.Env):
     """x in [-2, 2] starts at +-1.5; x' = clip(x + 0.5 a); reward -|x'|. Going to 0 and staying there is optimal."""
@@ -34,20 +36,6 @@ class Reach1D(gym.Env):
 
 
 gym.register("OffrlTestReach1D-v0", entry_point=Reach1D, max_episode_steps=20)
-
-
-def trainer(max_steps: int, callbacks, steps_per_epoch_eval: bool = False) -> L.Trainer:
-    return L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1 if steps_per_epoch_eval else 0,
-        callbacks=callbacks,
-    )
 
 
 def test_buffer_holds_exactly_the_env_steps_taken_and_replays_them(in_tmp_dir):
@@ -99,7 +87,7 @@ def test_sac_learns_a_small_reach_task_online(in_tmp_dir):
     datamodule = ReplayDataModule("OffrlTestReach1D-v0", batch_size=128, steps_per_epoch=500, capacity=5000)
     evaluation = EvaluationCallback(num_episodes=10, num_envs=10, seed=1)
     model = SAC(hidden_dims=[32, 32], actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3, discount=0.9)
-    fit = trainer(500, [OnlineInteraction(warmup_steps=200, updates_per_step=1.0, seed=0), evaluation], True)
+    fit = trainer(500, [OnlineInteraction(warmup_steps=200, updates_per_step=1.0, seed=0), evaluation])
     fit.fit(model, datamodule)
     learned = fit.callback_metrics["eval/return"].item()
 

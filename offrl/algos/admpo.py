@@ -29,7 +29,7 @@ from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 from offrl.algos.base import OfflineAlgorithm
-from offrl.algos.sac import SACAgent
+from offrl.algos.sac import SACAgent, sac_update
 from offrl.data.datamodules import window_starts
 from offrl.data.minari_io import DatasetInfo
 from offrl.envs.termination import TerminationFn, termination_fn
@@ -418,22 +418,8 @@ class ModelBasedSAC(OfflineAlgorithm):
         real = batch.select(*SAC_KEYS)
         real["next", "reward"] = real["next", "reward"].float()
         mixed = torch.cat([real, self.model_buffer.sample(hp.model_rows)]) if hp.model_rows else real
-        *other_optimizers, actor_optimizer = self.optimizers()
-        losses = self.agent.losses(mixed)
-        for optimizer in (*other_optimizers, actor_optimizer):
-            optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(sum(losses.values()))
-        # Only the actor's step goes through Lightning, so trainer.max_steps counts updates.
-        for optimizer in other_optimizers:
-            optimizer.optimizer.step()
-        actor_optimizer.step()
+        sac_update(self, self.agent, mixed)
         self.lr_schedulers().step()
-        self.agent.update_target()
-        # self.log costs milliseconds per call: log only on the steps the logger writes.
-        if (self.global_step) % self.trainer.log_every_n_steps == 0:
-            for name, loss in losses.items():
-                self.log(f"train/{name}", loss, prog_bar=name == "critic_loss")
-            self.log("train/alpha", self.agent.alpha.detach())
 
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         return self.agent.act(observation, deterministic=True)

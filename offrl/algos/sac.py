@@ -136,6 +136,17 @@ class SACAgent(nn.Module):
         }
 
 
+def sac_update(module: OfflineAlgorithm, agent: SACAgent, batch: TensorDict) -> None:
+    """One SAC update of a manually optimised module whose optimisers are those of agent.parameter_groups():
+    every network steps on its own loss, then the target critics follow."""
+    losses = agent.losses(batch)
+    module.step_optimizers(losses)
+    agent.update_target()
+    # self.log costs about a millisecond a call, as much as a small update: log only when the logger writes.
+    if module.global_step % module.trainer.log_every_n_steps == 0:
+        module.log_dict({f"train/{name}": loss.detach() for name, loss in losses.items()} | {"train/alpha": agent.alpha.detach()})
+
+
 class SAC(OfflineAlgorithm):
     """Online SAC: updates on a ReplayDataModule that offrl.callbacks.online.OnlineInteraction fills."""
 
@@ -188,7 +199,7 @@ class SAC(OfflineAlgorithm):
     def configure_optimizers(self):
         groups = self.agent.parameter_groups()
         learning_rates = {"critic": self.hparams.critic_lr, "alpha": self.hparams.alpha_lr, "actor": self.hparams.actor_lr}
-        # The actor's optimiser comes last: it is the one stepped through Lightning (see training_step).
+        # The actor's optimiser comes last: the one stepped through Lightning (OfflineAlgorithm.step_optimizers).
         return [torch.optim.Adam(groups[name], lr=lr) for name, lr in learning_rates.items() if groups[name]]
 
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
@@ -199,17 +210,4 @@ class SAC(OfflineAlgorithm):
         return self.agent.act(observation, deterministic=False)
 
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
-        *other_optimizers, actor_optimizer = self.optimizers()
-        losses = self.agent.losses(batch)
-        for optimizer in (*other_optimizers, actor_optimizer):
-            optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(sum(losses.values()))
-        # Lightning counts every LightningOptimizer.step as a global step; stepping the others through their plain
-        # torch optimisers keeps trainer.global_step equal to the number of updates.
-        for optimizer in other_optimizers:
-            optimizer.optimizer.step()
-        actor_optimizer.step()
-        self.agent.update_target()
-        # self.log costs about a millisecond a call, as much as a small update: log only when the logger writes.
-        if self.global_step % self.trainer.log_every_n_steps == 0:
-            self.log_dict({f"train/{name}": loss.detach() for name, loss in losses.items()} | {"train/alpha": self.agent.alpha.detach()})
+        sac_update(self, self.agent, batch)
