@@ -9,7 +9,7 @@ process and folder, `--jobs` at once, with trainer.max_steps set so both take `-
 divided by the env steps ADMPO-ON's mean curve needs for the same score (None if ADMPO-ON never reaches it).
 
 Full mode: the configs as they are, 125k env steps (MBPO's Hopper budget), 3 seeds (hours per ADMPO-ON run on a GPU).
-`--reduced`: a CPU smoke budget (small networks, a few thousand env steps, UTD 20 kept, light model retraining):
+`--reduced`: a CPU smoke budget (small networks, 700 env steps, ADMPO-ON at UTD 5, light model retraining):
 its numbers say the pipeline runs, not who wins. Prints JSON as its last line; writes
 benchmarks/results/admpo_online.md.
 """
@@ -29,16 +29,22 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGORITHMS = {"admpo_on": 20.0, "sac": 1.0}  # algorithm -> the config's updates per env step
+ALGORITHMS = ("admpo_on", "sac")
+
+
+def updates_per_step(algorithm: str, args) -> float:
+    """SAC: 1 update per env step (its config); ADMPO-ON: --admpo-utd (the config's 20 in full mode)."""
+    return args.admpo_utd if algorithm == "admpo_on" else 1.0
 
 
 def fit_command(algorithm: str, seed: int, args) -> list[str]:
-    utd = ALGORITHMS[algorithm]
+    utd = updates_per_step(algorithm, args)
     updates = int((args.env_steps - args.warmup) * utd)
     command = [
         sys.executable, "-m", "offrl.cli", "fit", "--config", str(ROOT / "configs" / algorithm / "hopper.yaml"),
         "--seed_everything", str(seed), "--trainer.callbacks.seed", str(seed),
-        "--trainer.callbacks.warmup_steps", str(args.warmup), "--trainer.max_steps", str(updates),
+        "--trainer.callbacks.warmup_steps", str(args.warmup), "--trainer.callbacks.updates_per_step", str(utd),
+        "--trainer.max_steps", str(updates),
         "--data.steps_per_epoch", str(int(args.eval_every * utd)), "--checkpoint.every_n_train_steps", str(updates),
         "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu", "--trainer.enable_progress_bar", "false",
         "--evaluation.num_episodes", str(args.eval_episodes), "--evaluation.num_envs", str(args.eval_episodes),
@@ -72,7 +78,7 @@ def run_one(algorithm: str, seed: int, args) -> dict:
     if result.returncode != 0:
         raise RuntimeError(f"{algorithm} seed {seed} failed:\n{result.stderr[-3000:]}")
     run_dir = folder / "logs" / algorithm / "Hopper" / "version_0"
-    curve = learning_curve(run_dir, args.warmup, ALGORITHMS[algorithm])
+    curve = learning_curve(run_dir, args.warmup, updates_per_step(algorithm, args))
     return {"algorithm": algorithm, "seed": seed, "curve": curve, "seconds": time.perf_counter() - start}
 
 
@@ -94,7 +100,7 @@ def summarise(runs: list[dict], args) -> dict:
     reach = {name: first_reach(np.array(c["env_steps"]), np.array(c["mean"]), target) for name, c in curves.items()}
     speedup = reach["sac"] / reach["admpo_on"] if reach["sac"] and reach["admpo_on"] else None
     return {
-        "env_steps": args.env_steps, "seeds": args.seeds, "device": args.device, "reduced": args.reduced,
+        "env_steps": args.env_steps, "admpo_utd": args.admpo_utd, "seeds": args.seeds, "device": args.device, "reduced": args.reduced,
         "target_score": target, "env_steps_to_target": reach, "speedup": speedup,
         "final_mean_score": {name: c["mean"][-1] for name, c in curves.items()}, "curves": curves,
         "seconds": {run["algorithm"] + f"-seed{run['seed']}": round(run["seconds"], 1) for run in runs},
@@ -103,7 +109,8 @@ def summarise(runs: list[dict], args) -> dict:
 
 def write_markdown(summary: dict, path: Path) -> None:
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    budget = "reduced CPU smoke budget (small networks, light model retraining)" if summary["reduced"] else "full configs"
+    budget = (f"reduced CPU smoke budget (small networks, light model retraining, ADMPO-ON at {summary['admpo_utd']} updates "
+              "per env step)" if summary["reduced"] else f"full configs (ADMPO-ON at {summary['admpo_utd']} updates per env step)")
     lines = [
         "# ADMPO-ON vs SAC on Hopper-v5 (learning curves)",
         "",
@@ -137,18 +144,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--reduced", action="store_true", help="CPU smoke budget (see the docstring)")
-    parser.add_argument("--env-steps", type=int, default=None, help="env steps per run (full 125000, reduced 1000)")
-    parser.add_argument("--warmup", type=int, default=None, help="random warm-up steps (full 5000, reduced 500)")
-    parser.add_argument("--eval-every", type=int, default=None, help="env steps between evaluations (full 5000, reduced 250)")
+    parser.add_argument("--env-steps", type=int, default=None, help="env steps per run (full 125000, reduced 700)")
+    parser.add_argument("--warmup", type=int, default=None, help="random warm-up steps (full 5000, reduced 400)")
+    parser.add_argument("--eval-every", type=int, default=None, help="env steps between evaluations (full 5000, reduced 100)")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (full 10, reduced 3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="full 0 1 2, reduced 0")
+    parser.add_argument("--admpo-utd", type=float, default=None, help="ADMPO-ON updates per env step (full 20, reduced 5)")
     parser.add_argument("--threshold-fraction", type=float, default=0.9)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--work-dir", default="benchmarks/runs/admpo_online")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "admpo_online.md")
     args = parser.parse_args()
-    defaults = {"env_steps": (1000, 125_000), "warmup": (500, 5000), "eval_every": (250, 5000), "eval_episodes": (3, 10),
-                "seeds": ([0], [0, 1, 2])}
+    defaults = {"env_steps": (700, 125_000), "warmup": (400, 5000), "eval_every": (100, 5000), "eval_episodes": (3, 10),
+                "seeds": ([0], [0, 1, 2]), "admpo_utd": (5.0, 20.0)}
     for name, (reduced, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, reduced if args.reduced else full)

@@ -113,6 +113,10 @@ def test_a_full_buffer_and_bad_settings_fail_in_one_sentence(in_tmp_dir):
         )
     with pytest.raises(OffrlError, match="not a registered Gymnasium env"):
         trainer(1, [OnlineInteraction()]).fit(SAC(hidden_dims=[8]), ReplayDataModule("NoSuchEnv-v0"))
+    from offrl.algos.bc import BC
+
+    with pytest.raises(OffrlError, match="cannot act online"):
+        trainer(1, [OnlineInteraction()]).fit(BC(hidden_dims=[8]), ReplayDataModule("Pendulum-v1"))
     with pytest.raises(OffrlError, match="updates_per_step"):
         OnlineInteraction(updates_per_step=0)
 

@@ -37,12 +37,18 @@ class OnlineInteraction(L.Callback):
         self.seed = seed
         self.env = None
         self.state = None  # the envs' current root TensorDict
+        self.random_actions: torch.Generator | None = None  # draws the warm-up actions
         self.episode_returns: np.ndarray | None = None
         self.finished_returns: list[float] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and not isinstance(trainer.datamodule, ReplayDataModule):
+        if stage != "fit":
+            return
+        if not isinstance(trainer.datamodule, ReplayDataModule):
             raise OffrlError("OnlineInteraction needs data: class_path offrl.data.replay.ReplayDataModule")
+        if not hasattr(pl_module, "explore"):
+            raise OffrlError(f"{type(pl_module).__name__} cannot act online (no explore()); use offrl.algos.sac.SAC "
+                             "or offrl.algos.admpo.OnlineModelBasedSAC")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule: ReplayDataModule = trainer.datamodule
