@@ -66,7 +66,8 @@ def learning_curve(run_dir: Path, warmup: int, utd: float) -> list[tuple[float, 
 
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    return [(warmup + event.step / utd, event.value) for event in events.Scalars("eval/normalized_score")]
+    # Lightning writes validation metrics at the index of the epoch's last update (updates done - 1).
+    return [(warmup + (event.step + 1) / utd, event.value) for event in events.Scalars("eval/normalized_score")]
 
 
 def run_one(algorithm: str, seed: int, args) -> dict:
@@ -115,7 +116,7 @@ def write_markdown(summary: dict, path: Path) -> None:
         "# ADMPO-ON vs SAC on Hopper-v5 (learning curves)",
         "",
         f"Budget: {summary['env_steps']} env steps, {budget}; seeds {summary['seeds']}; device {summary['device']}; "
-        f"date {today}. Produced by `python benchmarks/admpo_online.py` (see its docstring for the options).",
+        f"date {today}. Command: `python {' '.join(sys.argv)}`.",
         "",
         "Mean (std) evaluation normalised score by env steps:",
         "",
