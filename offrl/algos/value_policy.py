@@ -374,16 +374,8 @@ class ValuePolicy(OfflineAlgorithm):
         return sample(len(batch), self.value_data_size), sample(len(batch), self.policy_data_size)
 
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
-        *network_optimizers, actor_optimizer = self.optimizers()
         losses = self.losses(*self.training_batches(batch))
-        for optimizer in (*network_optimizers, actor_optimizer):
-            optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(sum(losses.values()))
-        # Lightning counts every LightningOptimizer.step as a global step; stepping the critic and value through
-        # their plain torch optimisers keeps trainer.max_steps equal to the number of updates.
-        for optimizer in network_optimizers:
-            optimizer.optimizer.step()
-        actor_optimizer.step()
+        self.step_optimizers(losses)
         if self.hparams.value != "crl":
             polyak_update(self.target_critic.parameters(), self.critic.parameters(), self.hparams.tau)
         if self.hparams.value == "td3":

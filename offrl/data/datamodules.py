@@ -22,6 +22,13 @@ from offrl.data.minari_io import DatasetInfo
 from offrl.errors import OffrlError
 
 
+def window_starts(episode_last: torch.Tensor, window: int, end: int | None = None) -> torch.Tensor:
+    """Every index i whose window i..i+window-1 stays inside its episode (and before `end`, when given)."""
+    index = torch.arange(len(episode_last), device=episode_last.device)
+    last = episode_last if end is None else episode_last.clamp_max(end - 1)
+    return index[index + window - 1 <= last]
+
+
 class StepCounter(IterableDataset):
     """`length` placeholders per epoch: the real batch is drawn on the device."""
 
@@ -248,9 +255,7 @@ class AnyStepDataModule(TransitionDataModule):
 
     def prepare_transitions(self, transitions: TensorDict) -> None:
         # window_starts[k-1]: every index i whose window i..i+k-1 stays inside its episode.
-        index = torch.arange(transitions.batch_size[0])
-        last = transitions["episode_last"]
-        self.window_starts = [index[index + k - 1 <= last] for k in range(1, self.max_window + 1)]
+        self.window_starts = [window_starts(transitions["episode_last"], k) for k in range(1, self.max_window + 1)]
         if len(self.window_starts[0]) == 0:
             raise OffrlError(f"dataset {self.dataset_id} has no transitions to build windows from")
 
