@@ -23,10 +23,14 @@ from offrl.objectives.dynamics import any_step_penalty, dynamics_nll, ensemble_p
 
 
 def linear_system(episodes: int = 40, length: int = 50, seed: int = 0) -> tuple[TensorDict, torch.Tensor, torch.Tensor]:
-    """Transitions of s' = A s + B a (+ small noise), r = s[0] + a[0], in the flat layout of registry.load."""
+    """Transitions of s' = A s + B a (+ small noise), r = s[0] + a[0], in the flat layout of registry.load.
+
+    A is a rotation, so one-step model errors neither shrink nor grow when chained: with a contracting A (tried:
+    0.9 I + noise) three chained one-step predictions beat the direct 3-step one on some seeds.
+    """
     rng = torch.Generator().manual_seed(seed)
     obs_dim, action_dim = 4, 2
-    A = torch.eye(obs_dim) * 0.9 + 0.1 * torch.randn(obs_dim, obs_dim, generator=rng)
+    A = torch.linalg.qr(torch.randn(obs_dim, obs_dim, generator=rng))[0]  # a rotation: errors neither shrink nor grow
     B = torch.randn(obs_dim, action_dim, generator=rng) * 0.5
     rows = {"observation": [], "action": [], "next_observation": [], "reward": [], "episode_last": []}
     for episode in range(episodes):
@@ -152,7 +156,9 @@ def test_ensemble_learns_and_keeps_its_best_members_as_elites():
     transitions, _, _ = linear_system(episodes=20)
     model = EnsembleDynamics(4, 2, hidden_dims=(32, 32), num_members=4, num_elites=2)
     model.fit_normalizers(transitions["observation"], transitions["action"])
-    history = pretrain_dynamics(model, transitions, max_window=1, batch_size=64, lr=1e-3, max_epochs=8, progress=False)
+    history = pretrain_dynamics(
+        model, transitions, max_window=1, batch_size=64, lr=1e-3, max_epochs=10, updates_per_epoch=60, progress=False
+    )
     assert history[-1] < 0.3 * history[0]
     holdout_first = window_starts(transitions["episode_last"], 1)
     errors = holdout_errors(model, transitions, [holdout_first[holdout_first >= len(transitions) - 200]])
