@@ -98,7 +98,9 @@ def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
     pretrain_dynamics(model, transitions, max_window=3, batch_size=16, max_epochs=1, updates_per_epoch=60, progress=False)
     training = seen[:60]
     assert set(training) == {1, 2, 3}
-    seen.clear()
+    lengths: list[int] = []
+    predict_every_k = model.predict_every_k
+    model.predict_every_k = lambda obs, actions: (lengths.append(obs.shape[1]), predict_every_k(obs, actions))[1]
     first = window_starts(transitions["episode_last"], 3)[:8]
     history = first[:, None] + torch.arange(2)
     policy = lambda obs: torch.zeros(obs.shape[0], 2)  # noqa: E731
@@ -107,8 +109,18 @@ def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
         transitions["observation"][first + 2], 4, lambda s: torch.zeros(len(s), dtype=torch.bool), 0.0, "official", 3,
     )
     assert len(rows) == 8 * 4
-    # Each step asks for every k in 1..min(history, m) = 1..3 (penalty), history capped at m.
-    assert seen == [1, 2, 3] * 4
+    # Each step predicts for every k in 1..min(history, m) = 1..3 (the penalty's spread), history capped at m.
+    assert lengths == [3] * 4
+
+
+def test_every_k_at_once_equals_one_k_at_a_time():
+    torch.manual_seed(0)
+    model = tiny_any_step().eval()
+    observations, actions = torch.randn(6, 4, 4), torch.randn(6, 4, 2)
+    means, logvars = model.predict_every_k(observations, actions)
+    for k in range(1, 5):
+        mean, logvar = model.predict_from_history(observations, actions, k)
+        assert torch.allclose(means[k - 1], mean, atol=1e-5) and torch.allclose(logvars[k - 1], logvar, atol=1e-5)
 
 
 # -- the model learns a linear system ----------------------------------------------------------------------
