@@ -109,9 +109,8 @@ def data_main(args: list[str]) -> None:
     if parsed.command == "list":
         local = set(registry.local_ids())
         print("offrl/ ids (generated on demand; * = in the local store):")
-        for dataset_id, found in registry.RECIPES.items():
-            note = f"  (not yet: {found.unavailable})" if found.unavailable else ""
-            print(f"  {'*' if dataset_id in local else ' '} {dataset_id}{note}")
+        for dataset_id in registry.RECIPES:
+            print(f"  {'*' if dataset_id in local else ' '} {dataset_id}")
         others = sorted(local - set(registry.RECIPES))
         if others:
             print("other datasets in the local Minari store:")

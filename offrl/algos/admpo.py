@@ -12,6 +12,10 @@ The fit: pretrain the model on the dataset (hold-out early stopping) once, at th
 checkpoint), then SAC on batches mixing real transitions (the datamodule's batch) and model transitions (a buffer
 of the last `retain_rounds` roll-out rounds, refreshed every `rollout_every` updates from `rollout_batch_size`
 starts) with reward r - penalty_coef * penalty.
+
+ADMPO-ON and its baseline MBPO (`OnlineModelBasedSAC`) run the same pieces online, MBPO-style: the model retrains
+on the growing replay buffer every few hundred env steps and roll-outs of ramped length feed SAC at a high
+update-to-data ratio.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 from offrl.algos.base import OfflineAlgorithm
-from offrl.algos.sac import SACAgent
+from offrl.algos.sac import SACAgent, sac_update
 from offrl.data.datamodules import window_starts
 from offrl.data.minari_io import DatasetInfo
 from offrl.envs.termination import TerminationFn, termination_fn
@@ -328,6 +332,14 @@ class ModelBasedSAC(OfflineAlgorithm):
         return self.hparams.name or ("admpo_off" if self.hparams.dynamics == "any_step" else "mopo")
 
     def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
+        self.build_networks(info)
+        self.dynamics.fit_normalizers(transitions["observation"], transitions["action"])
+        # Roll-outs start after m - 1 real steps of history: windows of m rows, the last row's state is the start.
+        self.rollout_starts = window_starts(transitions["episode_last"], self.hparams.max_window)
+        if len(self.rollout_starts) == 0:
+            raise OffrlError(f"no episode of {info.dataset_id} is {self.hparams.max_window} steps long; lower model.max_window")
+
+    def build_networks(self, info: DatasetInfo) -> None:
         hp = self.hparams
         obs_dim, action_dim = info.observation_dim, info.action_dim
         spec = info.eval_env_spec or info.env_spec
@@ -342,12 +354,7 @@ class ModelBasedSAC(OfflineAlgorithm):
             )
         else:
             self.dynamics = EnsembleDynamics(obs_dim, action_dim, list(hp.ensemble_hidden_dims), hp.ensemble_members, hp.ensemble_elites)
-        self.dynamics.fit_normalizers(transitions["observation"], transitions["action"])
         self.register_buffer("dynamics_trained", torch.tensor(False))
-        # Roll-outs start after m - 1 real steps of history: windows of m rows, the last row's state is the start.
-        self.rollout_starts = window_starts(transitions["episode_last"], hp.max_window)
-        if len(self.rollout_starts) == 0:
-            raise OffrlError(f"no episode of {info.dataset_id} is {hp.max_window} steps long; lower model.max_window")
 
     def configure_optimizers(self):
         hp, groups = self.hparams, self.agent.parameter_groups()
@@ -377,16 +384,17 @@ class ModelBasedSAC(OfflineAlgorithm):
                 self.logger.log_metrics({"model/holdout_mse": error}, step=epoch)
 
     @torch.no_grad()
-    def rollout_round(self) -> None:
-        """Roll the current policy out in the model from rollout_batch_size real starts; add to the buffer."""
-        hp, transitions = self.hparams, self.datamodule.transitions
-        first = self.rollout_starts.to(transitions.device)
+    def rollout_round(self, transitions: TensorDict, starts: torch.Tensor, horizon: int) -> None:
+        """Roll the current policy out in the model for `horizon` steps from rollout_batch_size real windows of
+        `transitions` (first rows `starts`); add the model transitions to the buffer."""
+        hp = self.hparams
+        first = starts.to(transitions.device)
         first = first[torch.randint(len(first), (hp.rollout_batch_size,), device=first.device)]
         history = first[:, None] + torch.arange(hp.max_window - 1, device=first.device)
         rows = rollout(
             self.dynamics, lambda obs: self.agent.act(obs, deterministic=False),
             transitions["observation"][history], transitions["action"][history],
-            transitions["observation"][first + hp.max_window - 1], hp.rollout_horizon, self.terminated_fn,
+            transitions["observation"][first + hp.max_window - 1], horizon, self.terminated_fn,
             hp.penalty_coef, hp.penalty_form, hp.max_window,
         )
         self.log("rollout/penalty", rows["penalty"].mean())
@@ -395,30 +403,20 @@ class ModelBasedSAC(OfflineAlgorithm):
 
     # -- SAC ---------------------------------------------------------------------------------------------
 
+    def refresh_model_data(self) -> None:
+        """A roll-out round every rollout_every updates."""
+        if self.global_step % self.hparams.rollout_every == 0:
+            self.rollout_round(self.datamodule.transitions, self.rollout_starts, self.hparams.rollout_horizon)
+
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         hp = self.hparams
         self.model_buffer.to(self.device)
-        if self.global_step % hp.rollout_every == 0:
-            self.rollout_round()
+        self.refresh_model_data()
         real = batch.select(*SAC_KEYS)
         real["next", "reward"] = real["next", "reward"].float()
         mixed = torch.cat([real, self.model_buffer.sample(hp.model_rows)]) if hp.model_rows else real
-        *other_optimizers, actor_optimizer = self.optimizers()
-        losses = self.agent.losses(mixed)
-        for optimizer in (*other_optimizers, actor_optimizer):
-            optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(sum(losses.values()))
-        # Only the actor's step goes through Lightning, so trainer.max_steps counts updates.
-        for optimizer in other_optimizers:
-            optimizer.optimizer.step()
-        actor_optimizer.step()
+        sac_update(self, self.agent, mixed)
         self.lr_schedulers().step()
-        self.agent.update_target()
-        # self.log costs milliseconds per call: log only on the steps the logger writes.
-        if (self.global_step) % self.trainer.log_every_n_steps == 0:
-            for name, loss in losses.items():
-                self.log(f"train/{name}", loss, prog_bar=name == "critic_loss")
-            self.log("train/alpha", self.agent.alpha.detach())
 
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         return self.agent.act(observation, deterministic=True)
@@ -432,3 +430,73 @@ class ModelBasedSAC(OfflineAlgorithm):
         super().on_load_checkpoint(checkpoint)
         if "model_buffer" in checkpoint:
             self.model_buffer.load_state_dict(checkpoint["model_buffer"], self.device)
+
+
+class OnlineModelBasedSAC(ModelBasedSAC):
+    """ADMPO-ON (`dynamics: any_step`) or MBPO (`dynamics: ensemble`): the same model, roll-outs and mixed SAC
+    batches, online. offrl.callbacks.online.OnlineInteraction fills a ReplayDataModule (warm-up, then one env step
+    per updates_per_step updates, ADMPO-ON's UTD 20); every `model_every` env steps the model is retrained on all
+    the data so far (hold-out early stopping, continuing from its weights) and a roll-out round starts from real
+    states, with the horizon ramped linearly from `min_rollout_horizon` to `rollout_horizon` between
+    `horizon_ramp_start` and `horizon_ramp_end` env steps (MBPO's schedule). Online roll-outs are unpenalised
+    (penalty_coef 0 in the configs); rollout_every is unused.
+    """
+
+    def __init__(
+        self,
+        model_every: int = 250,
+        min_rollout_horizon: int = 1,
+        horizon_ramp_start: int = 20000,
+        horizon_ramp_end: int = 100000,
+        **kwargs: Any,
+    ):
+        """
+        Args:
+            model_every: env steps between two model retrainings (each followed by a roll-out round).
+            min_rollout_horizon: the roll-out horizon until horizon_ramp_start env steps.
+            horizon_ramp_start, horizon_ramp_end: env steps over which the horizon grows to rollout_horizon.
+            **kwargs: ModelBasedSAC's arguments (model, roll-outs, SAC).
+        """
+        super().__init__(**kwargs)
+        if model_every < 1:
+            raise OffrlError(f"model.model_every must be a positive integer, got {model_every}")
+        if not 1 <= min_rollout_horizon <= self.hparams.rollout_horizon:
+            raise OffrlError(f"model.min_rollout_horizon must lie in 1..rollout_horizon, got {min_rollout_horizon}")
+        if horizon_ramp_end < horizon_ramp_start:
+            raise OffrlError(f"model.horizon_ramp_end ({horizon_ramp_end}) must not precede horizon_ramp_start ({horizon_ramp_start})")
+        self.model_env_steps = None  # env steps when the model was last trained
+
+    @property
+    def algorithm_name(self) -> str:
+        return self.hparams.name or ("admpo_on" if self.hparams.dynamics == "any_step" else "mbpo")
+
+    def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
+        self.build_networks(info)  # the replay buffer is still empty: the model's statistics come with its data
+
+    def on_fit_start(self) -> None:
+        """Nothing to pretrain on yet: the model trains as the data arrives."""
+
+    def rollout_horizon_at(self, env_steps: int) -> int:
+        hp = self.hparams
+        span = max(hp.horizon_ramp_end - hp.horizon_ramp_start, 1)
+        progress = min(max((env_steps - hp.horizon_ramp_start) / span, 0.0), 1.0)
+        return int(hp.min_rollout_horizon + progress * (hp.rollout_horizon - hp.min_rollout_horizon))
+
+    def refresh_model_data(self) -> None:
+        hp, env_steps = self.hparams, self.datamodule.size
+        if self.model_env_steps is not None and env_steps - self.model_env_steps < hp.model_every:
+            return
+        stored = self.datamodule.stored()
+        self.dynamics.fit_normalizers(stored["observation"], stored["action"])
+        history = pretrain_dynamics(
+            self.dynamics, stored, hp.max_window, hp.model_batch_size, hp.model_lr, hp.model_holdout_fraction,
+            hp.model_max_holdout, hp.model_patience, hp.model_max_epochs, hp.model_updates_per_epoch, progress=False,
+        )
+        horizon = self.rollout_horizon_at(env_steps)
+        self.rollout_round(stored, window_starts(stored["episode_last"], hp.max_window), horizon)
+        self.model_env_steps = env_steps
+        self.log_dict({"model/holdout_mse": history[-1], "rollout/horizon": float(horizon)})
+
+    def explore(self, observation: torch.Tensor) -> torch.Tensor:
+        """The behaviour policy of online interaction: a sample of the policy."""
+        return self.agent.act(observation, deterministic=False)

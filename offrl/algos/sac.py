@@ -14,7 +14,10 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from offrl.algos.base import OfflineAlgorithm
 from offrl.algos.value_policy import frozen
+from offrl.data.minari_io import DatasetInfo
+from offrl.errors import OffrlError
 from offrl.nn.ensemble import ensemble_mlp
 from offrl.nn.mlp import GaussianMLP
 from offrl.objectives.sac import sac_actor_loss, sac_critic_loss, sac_temperature_loss
@@ -131,3 +134,80 @@ class SACAgent(nn.Module):
             "critic": list(self.critic.parameters()),
             "alpha": [self.log_alpha] if self.learn_alpha else [],
         }
+
+
+def sac_update(module: OfflineAlgorithm, agent: SACAgent, batch: TensorDict) -> None:
+    """One SAC update of a manually optimised module whose optimisers are those of agent.parameter_groups():
+    every network steps on its own loss, then the target critics follow."""
+    losses = agent.losses(batch)
+    module.step_optimizers(losses)
+    agent.update_target()
+    # self.log costs about a millisecond a call, as much as a small update: log only when the logger writes.
+    if module.global_step % module.trainer.log_every_n_steps == 0:
+        module.log_dict({f"train/{name}": loss.detach() for name, loss in losses.items()} | {"train/alpha": agent.alpha.detach()})
+
+
+class SAC(OfflineAlgorithm):
+    """Online SAC: updates on a ReplayDataModule that offrl.callbacks.online.OnlineInteraction fills."""
+
+    algorithm_name = "sac"
+
+    def __init__(
+        self,
+        hidden_dims: Sequence[int] = (256, 256),
+        actor_lr: float = 3e-4,
+        critic_lr: float = 3e-4,
+        alpha_lr: float = 3e-4,
+        discount: float = 0.99,
+        tau: float = 0.005,
+        target_entropy: float | None = None,
+        init_alpha: float = 1.0,
+        learn_alpha: bool = True,
+        num_critics: int = 2,
+    ):
+        """
+        Args:
+            hidden_dims: widths of the actor and critic MLPs.
+            actor_lr, critic_lr, alpha_lr: Adam learning rates of the actor, the critics and log alpha.
+            discount: gamma.
+            tau: Polyak rate of the target critics.
+            target_entropy: the temperature's entropy target (default -action_dim).
+            init_alpha: initial temperature.
+            learn_alpha: tune the temperature; false keeps init_alpha.
+            num_critics: critics in the ensemble (min over them in every target).
+        """
+        super().__init__()
+        for name, value in (("actor_lr", actor_lr), ("critic_lr", critic_lr), ("alpha_lr", alpha_lr), ("init_alpha", init_alpha)):
+            if value <= 0:
+                raise OffrlError(f"model.{name} must be positive, got {value}")
+        if not 0.0 <= discount < 1.0:
+            raise OffrlError(f"model.discount must lie in [0, 1), got {discount}")
+        if not 0.0 < tau <= 1.0:
+            raise OffrlError(f"model.tau must lie in (0, 1], got {tau}")
+        if num_critics < 1:
+            raise OffrlError(f"model.num_critics must be a positive integer, got {num_critics}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+
+    def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
+        hp = self.hparams
+        self.agent = SACAgent(
+            info.observation_dim, info.action_dim, info.action_low, info.action_high, hp.hidden_dims, hp.discount,
+            hp.tau, hp.target_entropy, hp.init_alpha, hp.learn_alpha, hp.num_critics,
+        )
+
+    def configure_optimizers(self):
+        groups = self.agent.parameter_groups()
+        learning_rates = {"critic": self.hparams.critic_lr, "alpha": self.hparams.alpha_lr, "actor": self.hparams.actor_lr}
+        # The actor's optimiser comes last: the one stepped through Lightning (OfflineAlgorithm.step_optimizers).
+        return [torch.optim.Adam(groups[name], lr=lr) for name, lr in learning_rates.items() if groups[name]]
+
+    def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
+        return self.agent.act(observation, deterministic=True)
+
+    def explore(self, observation: torch.Tensor) -> torch.Tensor:
+        """The behaviour policy of online interaction: a sample of the policy."""
+        return self.agent.act(observation, deterministic=False)
+
+    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+        sac_update(self, self.agent, batch)

@@ -323,16 +323,8 @@ class ValuePolicy(OfflineAlgorithm):
         return ddpgbc_loss(q_pi, bc_term, hp.ddpgbc_alpha, hp.normalize_q)
 
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
-        *network_optimizers, actor_optimizer = self.optimizers()
         losses = self.losses(batch)
-        for optimizer in (*network_optimizers, actor_optimizer):
-            optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(sum(losses.values()))
-        # Lightning counts every LightningOptimizer.step as a global step; stepping the critic and value through
-        # their plain torch optimisers keeps trainer.max_steps equal to the number of updates.
-        for optimizer in network_optimizers:
-            optimizer.optimizer.step()
-        actor_optimizer.step()
+        self.step_optimizers(losses)
         if self.hparams.value != "crl":
             polyak_update(self.target_critic.parameters(), self.critic.parameters(), self.hparams.tau)
         for name, loss in losses.items():
