@@ -27,7 +27,7 @@ from offrl.data import minari_io, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ("admpo_off", "mopo", "bc")
-DATASETS = tuple(f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("random", "medium", "medium-expert"))
+DATASETS = tuple(f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("random", "medium", "medium-replay", "medium-expert"))
 def dataset_id(short: str) -> str:
     env, kind = short.split("-", 1)
     return f"offrl/mujoco/{env}/{kind}-v0"

@@ -310,6 +310,7 @@ PAPER_M_H_BETA = {  # DESIGN.md, from the ADMPO paper
     "hopper-random": (5, 50, 5), "hopper-medium": (5, 10, 1), "hopper-medium-expert": (2, 20, 20),
     "halfcheetah-random": (2, 10, 2.5), "halfcheetah-medium": (2, 5, 2.5), "halfcheetah-medium-expert": (2, 50, 10),
     "walker2d-random": (2, 50, 2.5), "walker2d-medium": (5, 10, 5), "walker2d-medium-expert": (3, 2, 6),
+    "hopper-medium-replay": (5, 5, 0.1), "halfcheetah-medium-replay": (2, 5, 2.5), "walker2d-medium-replay": (5, 5, 0.1),
 }
 
 
@@ -324,7 +325,7 @@ def test_configs_build_with_the_papers_settings(algorithm):
         module = ModelBasedSAC(**config["model"]["init_args"])
         hp, data = module.hparams, config["data"]["init_args"]
         real = data["batch_size"] / (data["batch_size"] + hp.model_rows)
-        assert abs(real - (0.5 if "medium-expert" in path.stem else 0.05)) < 0.01
+        assert abs(real - (0.5 if path.stem.endswith(("medium-expert", "medium-replay")) else 0.05)) < 0.01
         if algorithm == "admpo_off":
             assert (hp.max_window, hp.rollout_horizon, hp.penalty_coef) == PAPER_M_H_BETA[path.stem]
         else:
