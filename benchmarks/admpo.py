@@ -27,7 +27,7 @@ from offrl.data import minari_io, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ("admpo_off", "mopo", "bc")
-DATASETS = tuple(f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("random", "medium", "medium-expert"))
+DATASETS = tuple(f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("random", "medium", "medium-replay", "medium-expert"))
 def dataset_id(short: str) -> str:
     env, kind = short.split("-", 1)
     return f"offrl/mujoco/{env}/{kind}-v0"
@@ -49,9 +49,12 @@ def fit_command(algorithm: str, dataset: str, seed: int, args) -> list[str]:
                     "--evaluation.num_episodes", "5", "--evaluation.num_envs", "5"]
         if algorithm != "bc":
             command += ["--model.init_args.rollout_batch_size", "1000", "--model.init_args.rollout_every", "250",
-                        "--model.init_args.model_max_epochs", "3", "--model.init_args.model_updates_per_epoch", "100"]
+                        "--model.init_args.model_max_epochs", str(args.model_max_epochs or 3),
+                        "--model.init_args.model_updates_per_epoch", "100"]
     elif args.max_steps:
         command += ["--trainer.max_steps", str(args.max_steps)]
+    if args.model_max_epochs and algorithm != "bc" and not args.reduced:
+        command += ["--model.init_args.model_max_epochs", str(args.model_max_epochs)]
     return command
 
 
@@ -90,6 +93,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--generate-steps", type=int, default=None, help="size of generated datasets (default full)")
     parser.add_argument("--max-steps", type=int, default=None, help="updates per fit (default: the configs')")
+    parser.add_argument("--model-max-epochs", type=int, default=None, help="cap on model pretraining epochs (default: early stopping only)")
     parser.add_argument("--reduced", action="store_true", help="CPU smoke budget: 20k-step datasets, 1000 updates")
     parser.add_argument("--work-dir", type=Path, default=Path("benchmark_runs/admpo"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "admpo.md")

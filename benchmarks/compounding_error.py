@@ -90,12 +90,10 @@ def open_loop(kind, model, heldout, t0, horizon, m, generator, simulator, corr_h
             hist_obs = torch.cat([hist_obs, state[:, None]], 1)[:, -m:]
             hist_act = torch.cat([hist_act, action[:, None]], 1)[:, -m:]
             if kind == "adm":
-                num_k = hist_obs.shape[1]
-                predictions = [model.predict_from_history(hist_obs, hist_act, k) for k in range(1, num_k + 1)]
-                means = torch.stack([p[0][:, :-1] for p in predictions])
-                k = int(torch.randint(num_k, (), generator=generator))
-                next_state = means[k]
-                uncertainty = any_step_penalty(means, torch.stack([p[1][:, :-1] for p in predictions]))
+                means, logvars = model.predict_every_k(hist_obs, hist_act)
+                k = int(torch.randint(means.shape[0], (), generator=generator))
+                next_state = means[k, :, :-1]
+                uncertainty = any_step_penalty(means[..., :-1], logvars[..., :-1])
             else:  # bootstrapping RNN: k = 1 always
                 mean, logvar = model.predict_from_history(hist_obs, hist_act, 1)
                 next_state = mean[:, :-1]

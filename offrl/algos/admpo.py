@@ -173,11 +173,8 @@ def rollout(
             history_obs = torch.cat([history_obs, observation[:, None]], 1)[:, -max_window:]
             history_actions = torch.cat([history_actions, action[:, None]], 1)[:, -max_window:]
             # The predictions for every k in 1..min(history, m); k ~ U{1..min(history, m)} picks the sample's.
-            num_k = history_obs.shape[1]
-            predictions = [model.predict_from_history(history_obs, history_actions, k) for k in range(1, num_k + 1)]
-            means = torch.stack([mean for mean, _ in predictions])
-            logvars = torch.stack([logvar for _, logvar in predictions])
-            k = int(torch.randint(num_k, ()))
+            means, logvars = model.predict_every_k(history_obs, history_actions)
+            k = int(torch.randint(means.shape[0], ()))
             mean, logvar = means[k], logvars[k]
             penalty = any_step_penalty(means[..., :-1], logvars[..., :-1], penalty_form)
         else:
