@@ -117,7 +117,8 @@ def write_markdown(result: dict, args: argparse.Namespace) -> None:
 Budget: {args.updates} Adam updates per network (batch {args.batch_size}, lr {args.lr} cosine, MLP {args.hidden},
 noise scale 1, normalised deltas: {args.normalize}), trained on `{result['dataset']}` ({result['train_transitions']}
 transitions), seed {args.seed}; held-out: {result['held_out_starts']} start points from fresh episodes of the same
-recipe (generator seed {args.held_out_seed}). Device {result['device']}, {result['date']}, {result['train_seconds']} s of training.
+recipe (generator seed {args.held_out_seed}). Device {result['device']}, {result['date']}, {result['train_seconds']} s of training
+(wall-clock for the three models).
 Command: `{result['command']}`
 
 ## What is compared
@@ -146,6 +147,11 @@ full 96 steps inside their episode. At h = 32, 64, 96 (b) is exact model output,
 ## Finding
 
 {result['finding']}
+
+Caveat: the finer levels (and (c)'s fine level) are trained on the true coarser sub-goal plus noise at the coarser
+model's learned std (RSP_JAX). At small budgets that std is still overstated (benchmarks/results/rsp.md), so a
+level conditioned on a coarser prediction learns to lean on it less than it could; at the paper's 20k updates
+per level and batch 16384 (the default command, a GPU run) this comparison may come out differently.
 """
     )
 
