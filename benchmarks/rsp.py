@@ -162,8 +162,8 @@ def write_markdown(result: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     section = f"""## {result['dataset']}: {result['budget_seconds']} s of training per run
 
-Budget {result['budget_seconds']} s of training per run ({'wall-clock' if result['device'] == 'cuda' else 'process CPU time, one torch thread'}), seeds {result['seeds']}, device {result['device']} ({result['threads']}
-torch thread(s), a shared machine), {result['date']}; dataset `{result['dataset']}` ({result['transitions']} transitions,
+Budget {result['budget_seconds']} s of training per run ({'wall-clock' if result['device'] == 'cuda' else 'process CPU time, one torch thread'}), seeds {result['seeds']}, device {result['device']}
+({result['threads']} torch thread(s)), {result['date']}; dataset `{result['dataset']}` ({result['transitions']} transitions,
 generated with `offrl data generate`), {result['episodes']} evaluation episodes. Networks {result['hidden'] or 'as configured'},
 batch {result['batch_size'] or 'as configured'}; RSP noise scale as configured
 (1, RSP_JAX) unless the name says noise0.
@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--dataset", default=None, help="compare only; default offrl/pointmaze/medium-v0")
     parser.add_argument("--generate-steps", type=int, default=None, help="size of a missing dataset (default: the recipe's 1M)")
     parser.add_argument("--budget-seconds", type=float, default=180.0, help="training seconds per run: CPU time on cpu, wall-clock on cuda (paper: ~180 s)")
-    parser.add_argument("--algorithms", nargs="+", choices=list(CONFIGS), default=["rsp_stagewise", "rsp_joint", "gcbc", "gciql_ddpgbc"])
+    parser.add_argument("--algorithms", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="override every config's MLP widths")
