@@ -94,33 +94,46 @@ class RSP(OfflineAlgorithm):
         datamodule = self.datamodule
         if not isinstance(datamodule, SkipStepDataModule):
             raise OffrlError(f"RSP needs data.class_path offrl.data.datamodules.SkipStepDataModule, got {type(datamodule).__name__}")
-        self.plan_scales = list(datamodule.plan_scales)  # coarse to fine
-        self.depth = len(self.plan_scales)
-        self.goal_conditioned = datamodule.goal_conditioned
-        self.obs_dim = obs_dim = info.observation_dim
-        condition_dim = datamodule.condition_dim
-        hidden = list(self.hparams.hidden_dims)
-        state_dim = obs_dim + condition_dim  # what every network sees first: (s, condition)
-
-        # Level d predicts the delta of plan_scales[d] from (s, condition, the d coarser predictions).
-        self.subgoal_models = torch.nn.ModuleList(
-            gaussian_mlp(state_dim + level * obs_dim, hidden, obs_dim) for level in range(self.depth)
+        self.build_planner(
+            datamodule.plan_scales, info.observation_dim, datamodule.condition_dim, info.action_dim,
+            info.action_low, info.action_high, datamodule.goal_conditioned,
         )
-        self.policy = gaussian_mlp(state_dim + self.depth * obs_dim, hidden, info.action_dim)
-
-        self.input_normalizer = Normalizer(state_dim)
-        self.delta_normalizer = Normalizer(self.depth * obs_dim)  # flattened [depth, obs_dim]
         if self.hparams.normalize_observations:
             condition = transitions[datamodule.condition_key]
             self.input_normalizer.fit(torch.cat([transitions["observation"], condition], -1))
             self.fit_delta_normalizer(datamodule, transitions.batch_size[0])
-
-        # Buffers: everything `act` needs, so that a checkpoint restores the planner exactly.
-        self.register_buffer("scales", torch.tensor(self.plan_scales))
-        self.register_buffer("action_low", torch.tensor(info.action_low, dtype=torch.float32))
-        self.register_buffer("action_high", torch.tensor(info.action_high, dtype=torch.float32))
         if not self.goal_conditioned:
             self.register_buffer("target_condition", self.average_rtg_target(info, datamodule.rtg_horizon))
+
+    def build_planner(
+        self,
+        plan_scales: Sequence[int],
+        obs_dim: int,
+        condition_dim: int,
+        action_dim: int,
+        action_low: Sequence[float],
+        action_high: Sequence[float],
+        goal_conditioned: bool,
+    ) -> None:
+        """The networks, identity normalisers and buffers for these sizes (scales coarse to fine); `build` then
+        fits the normalisers. Benchmarks call it directly to time or probe a planner without a trainer."""
+        self.plan_scales = list(plan_scales)
+        self.depth = len(self.plan_scales)
+        self.goal_conditioned = goal_conditioned
+        self.obs_dim = obs_dim
+        hidden = list(self.hparams.hidden_dims)
+        state_dim = obs_dim + condition_dim  # what every network sees first: (s, condition)
+        # Level d predicts the delta of plan_scales[d] from (s, condition, the d coarser predictions).
+        self.subgoal_models = torch.nn.ModuleList(
+            gaussian_mlp(state_dim + level * obs_dim, hidden, obs_dim) for level in range(self.depth)
+        )
+        self.policy = gaussian_mlp(state_dim + self.depth * obs_dim, hidden, action_dim)
+        self.input_normalizer = Normalizer(state_dim)
+        self.delta_normalizer = Normalizer(self.depth * obs_dim)  # flattened [depth, obs_dim]
+        # Buffers: everything `act` needs, so that a checkpoint restores the planner exactly.
+        self.register_buffer("scales", torch.tensor(self.plan_scales))
+        self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32))
 
     @torch.no_grad()
     def fit_delta_normalizer(self, datamodule: SkipStepDataModule, size: int, chunk: int = 1 << 18) -> None:
