@@ -96,6 +96,8 @@ def next_actions(transitions: TensorDict) -> torch.Tensor:
 
 
 class ValuePolicy(OfflineAlgorithm):
+    progress_bar_loss = "critic_loss"
+
     def __init__(
         self,
         value: str = "iql",
@@ -161,7 +163,6 @@ class ValuePolicy(OfflineAlgorithm):
         if sfbc_num_samples < 1:
             raise OffrlError(f"model.sfbc_num_samples must be a positive integer, got {sfbc_num_samples}")
         self.save_hyperparameters()
-        self.automatic_optimization = False
 
     @property
     def algorithm_name(self) -> str:
@@ -322,18 +323,6 @@ class ValuePolicy(OfflineAlgorithm):
             q_pi = self.q_value(obs, goal, policy_action)
         return ddpgbc_loss(q_pi, bc_term, hp.ddpgbc_alpha, hp.normalize_q)
 
-    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
-        *network_optimizers, actor_optimizer = self.optimizers()
-        losses = self.losses(batch)
-        for optimizer in (*network_optimizers, actor_optimizer):
-            optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(sum(losses.values()))
-        # Lightning counts every LightningOptimizer.step as a global step; stepping the critic and value through
-        # their plain torch optimisers keeps trainer.max_steps equal to the number of updates.
-        for optimizer in network_optimizers:
-            optimizer.optimizer.step()
-        actor_optimizer.step()
+    def after_optimizer_step(self) -> None:
         if self.hparams.value != "crl":
             polyak_update(self.target_critic.parameters(), self.critic.parameters(), self.hparams.tau)
-        for name, loss in losses.items():
-            self.log(f"train/{name}", loss, prog_bar=name == "critic_loss")

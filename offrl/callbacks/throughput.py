@@ -7,6 +7,8 @@ import time
 import lightning as L
 import torch
 
+from offrl.errors import OffrlError
+
 
 class UpdateThroughput(L.Callback):
     def __init__(self, window: int = 100):
@@ -25,3 +27,41 @@ class UpdateThroughput(L.Callback):
             rate = self.batches / (time.perf_counter() - self.start)
             pl_module.log("perf/updates_per_s", torch.tensor(rate), rank_zero_only=True)
             self.start, self.batches = time.perf_counter(), 0
+
+
+class UpdateLoop(L.Callback):
+    """How the training loop runs every algorithm's update (OfflineAlgorithm.update): several updates per trainer
+    step, and opt-in `torch.compile` and/or CUDA-graph capture of the whole update (forward, backward, optimiser
+    steps). Batches keep one shape, so one graph serves every step of a training stage."""
+
+    def __init__(self, updates_per_step: int = 1, compile: bool = False, cuda_graphs: bool = False):
+        """
+        Args:
+            updates_per_step: updates (each on a fresh batch) per trainer step; more spreads the trainer's
+                per-step hooks over several updates. data.steps_per_epoch and checkpoint.every_n_train_steps
+                must be multiples of it.
+            compile: compile the update with torch.compile.
+            cuda_graphs: capture the update as one CUDA graph and replay it (cuda devices only).
+        """
+        if updates_per_step < 1:
+            raise OffrlError(f"performance.updates_per_step must be a positive integer, got {updates_per_step}")
+        self.updates_per_step = updates_per_step
+        self.compile = compile
+        self.cuda_graphs = cuda_graphs
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule, per_step = trainer.datamodule, self.updates_per_step
+        if datamodule.steps_per_epoch % per_step:
+            raise OffrlError(
+                f"data.steps_per_epoch {datamodule.steps_per_epoch} must be a multiple of performance.updates_per_step {per_step}"
+            )
+        for checkpoint in trainer.checkpoint_callbacks:
+            every = getattr(checkpoint, "_every_n_train_steps", 0)
+            if every % per_step:
+                raise OffrlError(f"checkpoint.every_n_train_steps {every} must be a multiple of performance.updates_per_step {per_step}")
+        datamodule.updates_per_step = per_step
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.accelerate_update(self.compile, self.cuda_graphs)
