@@ -118,7 +118,7 @@ def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_gr
     else:
         optimizers, schedulers = (configured if isinstance(configured, list) else [configured]), []
     if compile or cuda_graphs:
-        prepare_optimizers_for_capture(optimizers, model.device, cuda_graphs)
+        prepare_optimizers_for_capture(optimizers, model.device)
 
     update = accelerated(functools.partial(model.update, optimizers=optimizers), compile, cuda_graphs, model.device)
     batch_size = datamodule.batch_size
@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500, help="timed updates")
     parser.add_argument("--warmup", type=int, default=50, help="untimed updates first (compilation, graph capture)")
     parser.add_argument("--batch-size", type=int, help="default: the config's (RSP on cpu: 1024, see --help)")
+    parser.add_argument("--hidden-dims", type=int, nargs="+", help="override the config's widths (tiny ones isolate the loop's overhead)")
     parser.add_argument("--log-every", type=int, default=50, help="trainer.log_every_n_steps (the CLI's default)")
     parser.add_argument("--updates-per-step", type=int, default=1, help="performance.updates_per_step of the offrl run")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -170,9 +171,12 @@ def main() -> None:
         batch_size = 1024  # the paper's 16384 x 1024x1024 MLPs take seconds per update on one CPU thread
     timed = args.warmup + args.steps
     overrides, max_steps = {}, timed
+    if args.hidden_dims:
+        overrides["hidden_dims"] = args.hidden_dims
     if "steps_per_stage" in model_args:  # stage-wise training: time the first stage only
-        overrides["steps_per_stage"] = timed + 1
-        max_steps = config["trainer"]["max_steps"] // model_args["steps_per_stage"] * (timed + 1)
+        stage = timed + args.updates_per_step
+        overrides["steps_per_stage"] = stage
+        max_steps = config["trainer"]["max_steps"] // model_args["steps_per_stage"] * stage
 
     def make():
         torch.manual_seed(0)
@@ -191,7 +195,7 @@ def main() -> None:
     plain = time_plain(model, datamodule, args, args.compile, args.cudagraphs)
     result.update(
         {
-            "hidden_dims": list(model_args.get("hidden_dims", [])),
+            "hidden_dims": list(model.hparams.hidden_dims),
             "batch_size": batch_size,
             "dataset": f"{dataset_id} ({DATASET_STEPS} steps)",
             "warmup": args.warmup,

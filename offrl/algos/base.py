@@ -1,5 +1,5 @@
-"""What every offrl LightningModule shares: networks sized from the dataset once it is loaded, `act`, and one
-gradient update per training step as a plain-PyTorch function (`update`) that can be compiled or CUDA-graphed."""
+"""What every offrl LightningModule shares: networks sized from the dataset once it is loaded, `act`, and the
+gradient update as one plain-PyTorch function (`update`) that can be compiled or CUDA-graphed."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ from offrl.errors import OffrlError
 UpdateFn = Callable[[TensorDict], dict[str, torch.Tensor]]
 
 
-def prepare_optimizers_for_capture(optimizers: list[torch.optim.Optimizer], device: torch.device, cuda_graphs: bool) -> None:
+def prepare_optimizers_for_capture(optimizers: list[torch.optim.Optimizer], device: torch.device) -> None:
     """Compiled or graphed optimiser steps read the learning rate from a tensor (a float would be baked into a
-    graph, or recompile at every scheduler step; schedulers fill the tensor in place); graphs need capturable steps."""
+    graph, or recompile at every scheduler step; schedulers fill the tensor in place). On cuda the steps must be
+    capturable: graphs need it, and foreach Adam takes a tensor learning rate only then."""
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             if not isinstance(group["lr"], torch.Tensor):
                 group["lr"] = torch.tensor(group["lr"], device=device)
-            if cuda_graphs:
+            if device.type == "cuda":
                 group["capturable"] = True
 
 
@@ -113,12 +114,21 @@ class OfflineAlgorithm(L.LightningModule):
         optimizers = self.optimizers(use_pl_optimizer=False)
         return optimizers if isinstance(optimizers, list) else [optimizers]
 
-    def update(self, batch: TensorDict, optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
-        """One gradient update in plain PyTorch (no Lightning call); returns the detached losses."""
+    def update(
+        self,
+        batch: TensorDict,
+        optimizers: list[torch.optim.Optimizer],
+        before_backward: Callable[[torch.Tensor], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One gradient update in plain PyTorch; returns the detached losses. `before_backward(loss)` is the
+        strategy's hook (DDP readies its gradient all-reduce there; a no-op on one device)."""
         losses = self.losses(batch)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)  # parameters outside this update get no gradient, so no step
-        torch.stack(list(losses.values())).sum().backward()
+        loss = torch.stack(list(losses.values())).sum()
+        if before_backward is not None:
+            before_backward(loss)
+        loss.backward()
         for optimizer in optimizers:
             optimizer.step()
         self.after_optimizer_step()
@@ -134,8 +144,8 @@ class OfflineAlgorithm(L.LightningModule):
         if variant not in self._update_fns:
             optimizers = self.torch_optimizers()
             if self.compile_update or self.cuda_graph_update:
-                prepare_optimizers_for_capture(optimizers, self.device, self.cuda_graph_update)
-            update = functools.partial(self.update, optimizers=optimizers)
+                prepare_optimizers_for_capture(optimizers, self.device)
+            update = functools.partial(self.update, optimizers=optimizers, before_backward=self.trainer.strategy.pre_backward)
             self._update_fns[variant] = accelerated(update, self.compile_update, self.cuda_graph_update, self.device)
         return self._update_fns[variant]
 

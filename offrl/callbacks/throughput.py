@@ -1,4 +1,5 @@
-"""`perf/updates_per_s`: gradient updates per second, averaged over each logging window."""
+"""`perf/updates_per_s` (gradient updates per second, over each window of updates) and `UpdateLoop` (how the
+training loop runs every algorithm's update)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,25 @@ from offrl.errors import OffrlError
 
 class UpdateThroughput(L.Callback):
     def __init__(self, window: int = 100):
+        """
+        Args:
+            window: updates per measurement (rounded up to whole trainer steps).
+        """
         self.window = window
         self.start: float | None = None
-        self.batches = 0
+        self.start_step = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.start is None:  # the first batch pays for warm-up; time from its end
-            self.start = time.perf_counter()
+        if self.start is None:  # the first step pays for warm-up; time from its end
+            self.start, self.start_step = time.perf_counter(), trainer.global_step
             return
-        self.batches += 1
-        if self.batches == self.window:
+        updates = trainer.global_step - self.start_step  # a trainer step may run several updates (UpdateLoop)
+        if updates >= self.window:
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize(pl_module.device)
-            rate = self.batches / (time.perf_counter() - self.start)
+            rate = updates / (time.perf_counter() - self.start)
             pl_module.log("perf/updates_per_s", torch.tensor(rate), rank_zero_only=True)
-            self.start, self.batches = time.perf_counter(), 0
+            self.start, self.start_step = time.perf_counter(), trainer.global_step
 
 
 class UpdateLoop(L.Callback):
@@ -52,6 +57,8 @@ class UpdateLoop(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if self.cuda_graphs and trainer.world_size > 1:
+            raise OffrlError("performance.cuda_graphs works on one device (a replayed graph skips DDP's gradient hooks); set it false")
         datamodule, per_step = trainer.datamodule, self.updates_per_step
         if datamodule.steps_per_epoch % per_step:
             raise OffrlError(
