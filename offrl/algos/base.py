@@ -88,6 +88,9 @@ class OfflineAlgorithm(L.LightningModule):
         datamodule = self.datamodule
         if datamodule is None or getattr(datamodule, "info", None) is None:
             raise OffrlError(f"{type(self).__name__} needs an offrl DataModule (set `data:` in the config)")
+        if str(self.trainer.precision).startswith("16"):
+            # `update` back-propagates without Lightning's gradient scaler, which float16 needs.
+            raise OffrlError(f"trainer.precision {self.trainer.precision} is not supported; use bf16-mixed or 32")
         self.build(datamodule.info, datamodule.transitions)
         self.built = True
 
