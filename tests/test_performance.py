@@ -1,5 +1,6 @@
 """The update loop: several updates per trainer step and compiled updates train exactly like the plain loop,
-losses are logged as window means without per-step logging, and bad settings fail in one sentence."""
+losses are logged as window means without per-step logging, bad settings fail in one sentence; evaluation in
+worker processes returns the numbers of evaluation in this one."""
 
 from __future__ import annotations
 
@@ -113,3 +114,24 @@ def test_update_loop_settings_fail_in_one_sentence():
         UpdateLoop(updates_per_step=0)
     with pytest.raises(OffrlError, match="need a cuda device"):
         fit(BC(hidden_dims=[16]), TransitionDataModule(HOPPER, steps_per_epoch=20), 2, UpdateLoop(cuda_graphs=True))
+
+
+def test_parallel_evaluation_returns_the_serial_numbers():
+    from offrl.data import registry
+    from offrl.envs.evaluation import evaluate
+    from offrl.envs.factory import make_eval_env
+
+    _, info = registry.load(MAZE)
+
+    def act(observation, goal):  # deterministic: head for the goal
+        return torch.clamp(goal - observation[:, :2], -1, 1)
+
+    metrics = []
+    for parallel in (False, True):
+        env = make_eval_env(info, num_envs=2, seed=3, parallel=parallel)
+        metrics.append(evaluate(act, env, info, 2, torch.device("cpu")))
+        env.close()
+    serial, parallel = metrics
+    assert serial["eval/success"] == 1.0 and serial["eval/return"] > 0  # a run with something to compare
+    assert parallel["eval/return"] == pytest.approx(serial["eval/return"])
+    assert parallel["eval/success"] == serial["eval/success"]
