@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from offrl.algos.base import OfflineAlgorithm
 from offrl.callbacks.evaluation import EvaluationCallback
-from offrl.callbacks.throughput import UpdateThroughput
+from offrl.callbacks.throughput import UpdateLoop, UpdateThroughput
 from offrl.data.datamodules import TransitionDataModule
 from offrl.errors import OffrlError
 
@@ -45,6 +45,7 @@ class OffrlCLI(LightningCLI):
         parser.add_lightning_class_args(EvaluationCallback, "evaluation")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(UpdateThroughput, "throughput")
+        parser.add_lightning_class_args(UpdateLoop, "performance")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,

@@ -162,7 +162,7 @@ class LossRecorder(L.Callback):
         self.params_at[0] = self.snapshot(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.losses.append({k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+        self.losses.append({f"train/{k}": v.item() for k, v in outputs.items()})  # the step's losses
         self.params_at[trainer.global_step] = self.snapshot(pl_module)
 
 

@@ -1,23 +1,92 @@
-"""What every offrl LightningModule shares: networks sized from the dataset once it is loaded, and `act`."""
+"""What every offrl LightningModule shares: networks sized from the dataset once it is loaded, `act`, and the
+gradient update as one plain-PyTorch function (`update`) that can be compiled or CUDA-graphed."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Hashable
+
 import lightning as L
 import torch
+from tensordict import TensorDict
 
 from offrl.data.minari_io import DatasetInfo
 from offrl.errors import OffrlError
 
+UpdateFn = Callable[[TensorDict], dict[str, torch.Tensor]]
+
+
+def prepare_optimizers_for_capture(optimizers: list[torch.optim.Optimizer], device: torch.device) -> None:
+    """Compiled or graphed optimiser steps read the learning rate from a tensor (a float would be baked into a
+    graph, or recompile at every scheduler step; schedulers fill the tensor in place). On cuda the steps must be
+    capturable: graphs need it, and foreach Adam takes a tensor learning rate only then."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            if not isinstance(group["lr"], torch.Tensor):
+                group["lr"] = torch.tensor(group["lr"], device=device)
+            if device.type == "cuda":
+                group["capturable"] = True
+
+
+def accelerated(update: UpdateFn, compile: bool, cuda_graphs: bool, device: torch.device) -> UpdateFn:
+    """`update` compiled by torch.compile and/or captured whole (forward, backward, optimiser steps) as a CUDA
+    graph that is replayed on every later batch of the same shapes (tensordict's CudaGraphModule)."""
+    if compile:
+        update = torch.compile(update)
+    if cuda_graphs:
+        if device.type != "cuda":
+            raise OffrlError(f"CUDA-graph updates need a cuda device, got {device}; set performance.cuda_graphs false")
+        from tensordict.nn import CudaGraphModule
+
+        # CudaGraphModule takes and returns TensorDicts: the batch is copied into the captured input, losses out.
+        losses_td = functools.partial(_losses_as_tensordict, update)
+        update = CudaGraphModule(losses_td, in_keys=[], warmup=3 if compile else 2, device=device)
+    return update
+
+
+def apply_gradients(
+    losses: dict[str, torch.Tensor],
+    optimizers: list[torch.optim.Optimizer],
+    before_backward: Callable[[torch.Tensor], None] | None = None,
+) -> None:
+    """One backward of the summed losses, then every optimiser steps. Each loss must reach only its own network
+    (targets detached, critics frozen where another network's loss goes through them)."""
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)  # parameters outside this update get no gradient, so no step
+    loss = torch.stack(list(losses.values())).sum()
+    if before_backward is not None:
+        before_backward(loss)
+    loss.backward()
+    for optimizer in optimizers:
+        optimizer.step()
+
+
+def _losses_as_tensordict(update: UpdateFn, batch: TensorDict) -> TensorDict:
+    return TensorDict(update(batch))
+
 
 class OfflineAlgorithm(L.LightningModule):
-    """Subclasses build their networks in `build` (called once, from `setup`, when dataset sizes are known)
-    and implement `act(observation, goal=None) -> action` for evaluation."""
+    """Subclasses build their networks in `build` (called once, from `setup`, when dataset sizes are known),
+    return every loss of a batch from `losses`, and implement `act(observation, goal=None) -> action`.
+
+    A training step is `update`: all losses from the current parameters, one backward pass, then every optimiser
+    steps and `after_optimizer_step` runs (e.g. target-network averaging). It touches no Lightning machinery, so
+    it can be wrapped whole by `torch.compile` or captured as one CUDA graph (`accelerate_update`). Lightning only
+    counts the step, steps the learning-rate schedulers and logs the losses; the losses stay on the device and
+    are averaged over each logging window, so the training step never waits for the device.
+    """
 
     algorithm_name = "offline"
+    progress_bar_loss: str | None = None  # the loss shown in the progress bar
 
     def __init__(self):
         super().__init__()
         self.built = False
+        self.automatic_optimization = False  # `update` steps the optimisers itself
+        self.compile_update = False
+        self.cuda_graph_update = False
+        self._update_fns: dict[Hashable, UpdateFn] = {}
+        self._loss_window: dict = {"sums": None, "count": 0, "names": []}  # a dict: no nn.Module setattr per step
 
     @property
     def datamodule(self):
@@ -36,6 +105,9 @@ class OfflineAlgorithm(L.LightningModule):
         datamodule = self.datamodule
         if datamodule is None or getattr(datamodule, "info", None) is None:
             raise OffrlError(f"{type(self).__name__} needs an offrl DataModule (set `data:` in the config)")
+        if str(self.trainer.precision).startswith("16"):
+            # `update` back-propagates without Lightning's gradient scaler, which float16 needs.
+            raise OffrlError(f"trainer.precision {self.trainer.precision} is not supported; use bf16-mixed or 32")
         self.build(datamodule.info, datamodule.transitions)
         self.built = True
 
@@ -45,20 +117,99 @@ class OfflineAlgorithm(L.LightningModule):
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def step_optimizers(self, losses: dict[str, torch.Tensor]) -> None:
-        """One manual update: a single backward of the summed losses, then every optimiser steps.
+    # -- the update --------------------------------------------------------------------------------------
 
-        Each loss must reach only its own network's parameters (targets detached, critics frozen where another
-        network's loss goes through them). Lightning counts every LightningOptimizer.step as a global step, so all
-        but the last optimiser step through their plain torch optimisers and trainer.global_step counts updates.
-        """
-        *others, last = self.optimizers()
-        for optimizer in (*others, last):
-            optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(sum(losses.values()))
-        for optimizer in others:
-            optimizer.optimizer.step()
-        last.step()
+    def losses(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        """Every loss of one update, from the current parameters; they are summed and back-propagated once."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        """Work after every optimiser has stepped, inside the update (e.g. Polyak averaging of target networks)."""
+
+    def update_variant(self) -> Hashable:
+        """What selects a different update graph (e.g. the stage of stage-wise training); one graph per value."""
+        return None
+
+    def torch_optimizers(self) -> list[torch.optim.Optimizer]:
+        optimizers = self.optimizers(use_pl_optimizer=False)
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def update(
+        self,
+        batch: TensorDict,
+        optimizers: list[torch.optim.Optimizer],
+        before_backward: Callable[[torch.Tensor], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One gradient update in plain PyTorch; returns the detached losses. `before_backward(loss)` is the
+        strategy's hook (DDP readies its gradient all-reduce there; a no-op on one device)."""
+        losses = self.losses(batch)
+        apply_gradients(losses, optimizers, before_backward)
+        self.after_optimizer_step()
+        return {name: loss.detach() for name, loss in losses.items()}
+
+    def step_optimizers(self, losses: dict[str, torch.Tensor]) -> None:
+        """`update`'s gradient step for modules that write their own training_step (SAC, model-based SAC):
+        one backward of the summed losses, every optimiser steps, and Lightning counts one update."""
+        apply_gradients(losses, self.torch_optimizers(), self.trainer.strategy.pre_backward)
+        self._count_update()
+
+    def accelerate_update(self, compile: bool = False, cuda_graphs: bool = False) -> None:
+        """Opt in to `torch.compile` of the whole update and/or its capture as one CUDA graph (fixed batch shapes)."""
+        self.compile_update, self.cuda_graph_update = compile, cuda_graphs
+        self._update_fns = {}
+
+    def update_fn(self) -> UpdateFn:
+        variant = self.update_variant()
+        if variant not in self._update_fns:
+            optimizers = self.torch_optimizers()
+            if self.compile_update or self.cuda_graph_update:
+                prepare_optimizers_for_capture(optimizers, self.device)
+            update = functools.partial(self.update, optimizers=optimizers, before_backward=self.trainer.strategy.pre_backward)
+            self._update_fns[variant] = accelerated(update, self.compile_update, self.cuda_graph_update, self.device)
+        return self._update_fns[variant]
+
+    def training_step(self, batch: TensorDict | list[TensorDict], batch_idx: int) -> dict[str, torch.Tensor]:
+        """One update per batch; the DataModule hands over a list of `updates_per_step` batches (UpdateLoop) to
+        spread the trainer's per-step work over several updates. Returns the last update's losses."""
+        losses = {}
+        for one_batch in batch if isinstance(batch, list) else [batch]:
+            if self.global_step >= self.trainer.max_steps > 0:
+                break
+            losses = self.update_fn()(one_batch)
+            self._count_update()
+            schedulers = self.lr_schedulers()
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+                scheduler.step()
+            self.accumulate_losses(losses)
+        self.log_losses()
+        return losses
+
+    def _count_update(self) -> None:
+        # Manual optimisation counts a global step per LightningOptimizer.step; `update` steps the torch
+        # optimisers directly (a graph cannot call back into Lightning), so count the update here, once.
+        optimizer = self.optimizers()
+        optimizer = optimizer[0] if isinstance(optimizer, list) else optimizer
+        optimizer._on_before_step()
+        optimizer._on_after_step()
+
+    def accumulate_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        """Sum the losses on the device (no host sync); `log_losses` logs their window means."""
+        stacked = torch.stack(list(losses.values()))
+        window = self._loss_window
+        window["sums"] = stacked if window["count"] == 0 else window["sums"] + stacked
+        window["count"] += 1
+        window["names"] = list(losses)
+
+    def log_losses(self) -> None:
+        """Log `train/<name>` as the mean over the logging window, on the steps where Lightning writes logs."""
+        window = self._loss_window
+        if window["count"] == 0 or not self.trainer._logger_connector.should_update_logs:
+            return  # Lightning would drop values logged on other steps; logging costs host work every time
+        for name, mean in zip(window["names"], (window["sums"] / window["count"]).unbind()):
+            self.log(f"train/{name}", mean, prog_bar=name == self.progress_bar_loss)
+        window["count"] = 0
+
+    # -- evaluation and checkpoints ----------------------------------------------------------------------
 
     def validation_step(self, batch, batch_idx) -> None:
         """Evaluation is environment roll-outs, run by EvaluationCallback."""

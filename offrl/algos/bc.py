@@ -18,6 +18,7 @@ POLICY_KINDS = ("gaussian", "deterministic")
 
 class BC(OfflineAlgorithm):
     algorithm_name = "bc"
+    progress_bar_loss = "bc_loss"
 
     def __init__(
         self,
@@ -63,15 +64,12 @@ class BC(OfflineAlgorithm):
         x = observation if goal is None else torch.cat([observation, goal], -1)
         return self.input_normalizer(x)
 
-    def training_step(self, batch: TensorDict, batch_idx: int) -> torch.Tensor:
+    def losses(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         x = self.policy_inputs(batch["observation"], batch.get("goal"))
         if self.hparams.policy == "gaussian":
             mean, log_std = self.policy(x)
-            loss = gaussian_nll(mean, log_std, batch["action"])
-        else:
-            loss = mse(self.policy(x), batch["action"])
-        self.log("train/bc_loss", loss, prog_bar=True)
-        return loss
+            return {"bc_loss": gaussian_nll(mean, log_std, batch["action"])}
+        return {"bc_loss": mse(self.policy(x), batch["action"])}
 
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         out = self.policy(self.policy_inputs(observation, goal))

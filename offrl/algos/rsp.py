@@ -42,6 +42,7 @@ def gaussian_mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> Gauss
 
 class RSP(OfflineAlgorithm):
     algorithm_name = "rsp"
+    progress_bar_loss = "policy_nll"
 
     def __init__(
         self,
@@ -228,7 +229,10 @@ class RSP(OfflineAlgorithm):
                 f"scale(s) with model.steps_per_stage {self.hparams.steps_per_stage}, got {self.trainer.max_steps}"
             )
 
-    def training_step(self, batch: TensorDict, batch_idx: int) -> torch.Tensor:
+    def update_variant(self) -> int:
+        return self.levels_to_train().start  # stage-wise training: one update graph per stage
+
+    def losses(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         state = self.state_inputs(batch["observation"], batch["condition"])
         targets = self.normalize_deltas(batch["subgoal_deltas"])
         conditioning = noisy_subgoals(targets, self.subgoal_log_stds(), self.hparams.noise_scale)
@@ -236,12 +240,7 @@ class RSP(OfflineAlgorithm):
         for level in self.levels_to_train():
             model = self.subgoal_models[level] if level < self.depth else self.policy
             outputs[level] = model(self.level_inputs(state, conditioning, level))
-        losses = planner_losses(outputs, targets, batch["action"], self.plan_scales)
-        loss = sum(losses.values())
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "policy_nll")
-        self.log("train/loss", loss)
-        return loss
+        return planner_losses(outputs, targets, batch["action"], self.plan_scales)
 
     def configure_optimizers(self):
         # One Adam over every parameter: a stage's loss reaches only its own network, and Adam skips parameters

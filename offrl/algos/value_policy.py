@@ -109,6 +109,8 @@ def episode_prefix_size(transitions: TensorDict, fraction: float) -> int:
 
 
 class ValuePolicy(OfflineAlgorithm):
+    progress_bar_loss = "critic_loss"
+
     def __init__(
         self,
         value: str = "iql",
@@ -185,7 +187,6 @@ class ValuePolicy(OfflineAlgorithm):
         if sfbc_num_samples < 1:
             raise OffrlError(f"model.sfbc_num_samples must be a positive integer, got {sfbc_num_samples}")
         self.save_hyperparameters()
-        self.automatic_optimization = False
 
     @property
     def algorithm_name(self) -> str:
@@ -306,8 +307,10 @@ class ValuePolicy(OfflineAlgorithm):
 
     # -- training ----------------------------------------------------------------------------------------
 
-    def losses(self, batch: TensorDict, policy_batch: TensorDict | None = None) -> dict[str, torch.Tensor]:
-        """Every loss of one update, all from the current parameters; the actor's on `policy_batch` if given."""
+    def losses(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        """Every loss of one update, all from the current parameters; with value/policy data fractions the
+        critic and the actor each train on a batch of their own share of the data."""
+        batch, policy_batch = self.training_batches(batch)
         obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
         losses = {"critic_loss": self.critic_loss(batch, obs, goal)}
         if self.value_net is not None:
@@ -373,12 +376,8 @@ class ValuePolicy(OfflineAlgorithm):
         sample = self.datamodule.sample
         return sample(len(batch), self.value_data_size), sample(len(batch), self.policy_data_size)
 
-    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
-        losses = self.losses(*self.training_batches(batch))
-        self.step_optimizers(losses)
+    def after_optimizer_step(self) -> None:
         if self.hparams.value != "crl":
             polyak_update(self.target_critic.parameters(), self.critic.parameters(), self.hparams.tau)
         if self.hparams.value == "td3":
             polyak_update(self.target_actor.parameters(), self.actor.parameters(), self.hparams.tau)
-        for name, loss in losses.items():
-            self.log(f"train/{name}", loss, prog_bar=name == "critic_loss")

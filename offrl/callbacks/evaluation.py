@@ -11,18 +11,23 @@ from offrl.envs.factory import make_eval_env
 
 
 class EvaluationCallback(L.Callback):
-    def __init__(self, num_episodes: int = 10, num_envs: int = 10, seed: int = 12345, success_threshold: float = 0.45):
+    def __init__(
+        self, num_episodes: int = 10, num_envs: int = 10, seed: int = 12345, success_threshold: float = 0.45, parallel: bool = False
+    ):
         """
         Args:
             num_episodes: episodes per evaluation.
             num_envs: environments stepped together (batched policy calls).
             seed: environment seed; every evaluation starts from the same initial states.
             success_threshold: goal distance that counts as success on goal tasks (PointMaze: 0.45).
+            parallel: step each env in its own process (ParallelEnv) instead of one after the other in this one;
+                only for slow envs on free cores (benchmarks/eval_throughput.py).
         """
         self.num_episodes = num_episodes
         self.num_envs = min(num_envs, num_episodes)
         self.seed = seed
         self.success_threshold = success_threshold
+        self.parallel = parallel
         self.env = None
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -32,7 +37,7 @@ class EvaluationCallback(L.Callback):
         if trainer.is_global_zero:
             info = trainer.datamodule.info
             if self.env is None:
-                self.env = make_eval_env(info, self.num_envs, self.seed)
+                self.env = make_eval_env(info, self.num_envs, self.seed, self.parallel)
             self.env.set_seed(self.seed)
             was_training = pl_module.training
             pl_module.eval()

@@ -1,4 +1,5 @@
-"""`perf/updates_per_s`: gradient updates per second, averaged over each logging window."""
+"""`perf/updates_per_s` (gradient updates per second, over each window of updates) and `UpdateLoop` (how the
+training loop runs every algorithm's update)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,67 @@ import time
 import lightning as L
 import torch
 
+from offrl.errors import OffrlError
+
 
 class UpdateThroughput(L.Callback):
     def __init__(self, window: int = 100):
+        """
+        Args:
+            window: updates per measurement (rounded up to whole trainer steps).
+        """
         self.window = window
         self.start: float | None = None
-        self.batches = 0
+        self.start_step = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.start is None:  # the first batch pays for warm-up; time from its end
-            self.start = time.perf_counter()
+        if self.start is None:  # the first step pays for warm-up; time from its end
+            self.start, self.start_step = time.perf_counter(), trainer.global_step
             return
-        self.batches += 1
-        if self.batches == self.window:
+        updates = trainer.global_step - self.start_step  # a trainer step may run several updates (UpdateLoop)
+        if updates >= self.window:
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize(pl_module.device)
-            rate = self.batches / (time.perf_counter() - self.start)
+            rate = updates / (time.perf_counter() - self.start)
             pl_module.log("perf/updates_per_s", torch.tensor(rate), rank_zero_only=True)
-            self.start, self.batches = time.perf_counter(), 0
+            self.start, self.start_step = time.perf_counter(), trainer.global_step
+
+
+class UpdateLoop(L.Callback):
+    """How the training loop runs every algorithm's update (OfflineAlgorithm.update): several updates per trainer
+    step, and opt-in `torch.compile` and/or CUDA-graph capture of the whole update (forward, backward, optimiser
+    steps). Batches keep one shape, so one graph serves every step of a training stage."""
+
+    def __init__(self, updates_per_step: int = 1, compile: bool = False, cuda_graphs: bool = False):
+        """
+        Args:
+            updates_per_step: updates (each on a fresh batch) per trainer step; more spreads the trainer's
+                per-step hooks over several updates. data.steps_per_epoch and checkpoint.every_n_train_steps
+                must be multiples of it.
+            compile: compile the update with torch.compile.
+            cuda_graphs: capture the update as one CUDA graph and replay it (cuda devices only).
+        """
+        if updates_per_step < 1:
+            raise OffrlError(f"performance.updates_per_step must be a positive integer, got {updates_per_step}")
+        self.updates_per_step = updates_per_step
+        self.compile = compile
+        self.cuda_graphs = cuda_graphs
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.cuda_graphs and trainer.world_size > 1:
+            raise OffrlError("performance.cuda_graphs works on one device (a replayed graph skips DDP's gradient hooks); set it false")
+        datamodule, per_step = trainer.datamodule, self.updates_per_step
+        if datamodule.steps_per_epoch % per_step:
+            raise OffrlError(
+                f"data.steps_per_epoch {datamodule.steps_per_epoch} must be a multiple of performance.updates_per_step {per_step}"
+            )
+        for checkpoint in trainer.checkpoint_callbacks:
+            every = getattr(checkpoint, "_every_n_train_steps", 0)
+            if every % per_step:
+                raise OffrlError(f"checkpoint.every_n_train_steps {every} must be a multiple of performance.updates_per_step {per_step}")
+        datamodule.updates_per_step = per_step
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.accelerate_update(self.compile, self.cuda_graphs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
-from torchrl.envs import EnvBase, SerialEnv
+from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 from torchrl.envs.libs.gym import GymWrapper
 
 from offrl.data.minari_io import DatasetInfo
@@ -22,8 +22,10 @@ def _make_one(spec: EnvSpec) -> GymWrapper:
     return GymWrapper(gym.make(spec))
 
 
-def make_eval_env(info: DatasetInfo, num_envs: int, seed: int) -> EnvBase:
-    """`num_envs` copies of the dataset's evaluation env stepped as one batched TorchRL env."""
+def make_eval_env(info: DatasetInfo, num_envs: int, seed: int, parallel: bool = False) -> EnvBase:
+    """`num_envs` copies of the dataset's evaluation env stepped as one batched TorchRL env: in this process one
+    after the other (SerialEnv), or each in its own worker process (ParallelEnv; pays off only for envs slower
+    to step than the inter-process exchange, see benchmarks/eval_throughput.py)."""
     spec = info.eval_env_spec
     if spec is None:
         raise OffrlError(
@@ -35,6 +37,7 @@ def make_eval_env(info: DatasetInfo, num_envs: int, seed: int) -> EnvBase:
         gym.make(spec).close()  # fail here, in one sentence, rather than inside a worker
     except gym.error.Error as err:
         raise OffrlError(f"the evaluation env {spec.id} of {info.dataset_id} cannot be made ({err}); pass --data.env_id") from None
-    env = SerialEnv(num_envs, _make_one, create_env_kwargs={"spec": spec})
+    batched = ParallelEnv if parallel else SerialEnv
+    env = batched(num_envs, _make_one, create_env_kwargs={"spec": spec})
     env.set_seed(seed)
     return env

@@ -1,0 +1,223 @@
+"""Gradient updates per second of an offrl algorithm inside a real `Trainer.fit`, and of a plain-PyTorch loop
+doing the same math, in one process, after warm-up. The last stdout line is JSON with both figures and the ratio.
+
+    python benchmarks/throughput.py --algo bc --device cpu [--compile] [--cudagraphs] [--steps 500]
+
+The model and data come from the algorithm's config in configs/ (paper-size networks and batch), on a small
+locally generated dataset (timing does not depend on the dataset's size). The offrl run is the module as the
+`offrl fit` command runs it: the DataModule samples each batch on the device, losses are logged (TensorBoard,
+every `--log-every` steps), `perf/updates_per_s` is measured, no progress bar, no evaluation or checkpoints.
+The plain loop calls the same networks, loss functions, optimisers and on-device sampler without Lightning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+
+from offrl.algos.base import OfflineAlgorithm, accelerated, prepare_optimizers_for_capture
+from offrl.callbacks.throughput import UpdateLoop, UpdateThroughput
+
+ROOT = Path(__file__).resolve().parent.parent
+HOPPER = "offrl/mujoco/hopper/random-v0"  # uniform actions: generated in seconds, Hopper's 11/3 dims
+MAZE = "offrl/pointmaze/umaze-v0"  # goal task with the maze recipe's dims, for the goal-conditioned planner
+DATASET_STEPS = 20_000
+
+# algorithm -> (config giving its networks, batch size and optimisers; small dataset it is timed on).
+ALGORITHMS = {
+    "bc": ("configs/bc/hopper-medium.yaml", HOPPER),
+    "iql_awr": ("configs/iql_awr/hopper-medium.yaml", HOPPER),
+    "iql_ddpgbc": ("configs/iql_ddpgbc/hopper-medium.yaml", HOPPER),
+    "rsp": ("configs/rsp/pointmaze-large.yaml", MAZE),
+    "admpo_off": ("configs/admpo_off/hopper-medium.yaml", HOPPER),
+    "mopo": ("configs/mopo/hopper-medium.yaml", HOPPER),
+}
+
+
+def instantiate(spec: dict, **overrides):
+    module_name, class_name = spec["class_path"].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**{**spec.get("init_args", {}), **overrides})
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Clock:
+    """Wall time and this process's CPU time (all its threads): on a shared CPU machine the CPU time is what the
+    loop itself costs, unaffected by other processes' load."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.wall = self.cpu = 0.0
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        synchronize(self.device)
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+class StepTimer(L.Callback):
+    """Times `steps` whole training steps (fetch, on-device sampling, update, logging) after `warmup`, then stops."""
+
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
+        self.clock: Clock | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            self.clock = Clock(pl_module.device)
+            self.clock.start()
+        elif trainer.global_step == self.warmup + self.steps:
+            self.clock.stop()
+            trainer.should_stop = True
+
+
+def time_offrl(model: OfflineAlgorithm, datamodule, args, log_dir: str, max_steps: int) -> Clock:
+    timer = StepTimer(args.warmup, args.steps)
+    trainer = L.Trainer(
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=L.pytorch.loggers.TensorBoardLogger(log_dir, name="throughput", default_hp_metric=False),
+        log_every_n_steps=args.log_every,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[UpdateThroughput(), UpdateLoop(args.updates_per_step, args.compile, args.cudagraphs), timer],
+    )
+    trainer.fit(model, datamodule)
+    return timer.clock
+
+
+def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_graphs: bool) -> Clock:
+    """The reference: the module's plain-PyTorch `update` (its networks, losses, one backward, optimiser steps)
+    with fresh optimisers from its own configure_optimizers, batches from the same on-device sampler, in a bare
+    loop (no trainer, no hooks, no logging)."""
+    configured = model.configure_optimizers()
+    if isinstance(configured, dict):
+        optimizers, schedulers = [configured["optimizer"]], [configured["lr_scheduler"]["scheduler"]]
+    else:
+        optimizers, schedulers = (configured if isinstance(configured, list) else [configured]), []
+    if compile or cuda_graphs:
+        prepare_optimizers_for_capture(optimizers, model.device)
+
+    update = accelerated(functools.partial(model.update, optimizers=optimizers), compile, cuda_graphs, model.device)
+    batch_size = datamodule.batch_size
+
+    def step() -> None:
+        update(datamodule.sample(batch_size))
+        for scheduler in schedulers:
+            scheduler.step()
+
+    for _ in range(args.warmup):
+        step()
+    clock = Clock(model.device)
+    clock.start()
+    for _ in range(args.steps):
+        step()
+    clock.stop()
+    return clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", choices=sorted(ALGORITHMS), required=True)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the whole update (both loops)")
+    parser.add_argument("--cudagraphs", action="store_true", help="capture the whole update as a CUDA graph (both loops)")
+    parser.add_argument("--steps", type=int, default=500, help="timed updates")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed updates first (compilation, graph capture)")
+    parser.add_argument("--batch-size", type=int, help="default: the config's (RSP on cpu: 1024, see --help)")
+    parser.add_argument("--hidden-dims", type=int, nargs="+", help="override the config's widths (tiny ones isolate the loop's overhead)")
+    parser.add_argument("--log-every", type=int, default=50, help="trainer.log_every_n_steps (the CLI's default)")
+    parser.add_argument("--updates-per-step", type=int, default=1, help="performance.updates_per_step of the offrl run")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.warmup % args.updates_per_step or args.steps % args.updates_per_step:
+        parser.error("--warmup and --steps must be multiples of --updates-per-step")
+    torch.set_num_threads(args.threads)
+    config_path, dataset_id = ALGORITHMS[args.algo]
+    result = {
+        "algo": args.algo, "device": args.device, "compile": args.compile, "cudagraphs": args.cudagraphs,
+        "updates_per_step": args.updates_per_step,
+    }
+    if not (ROOT / config_path).is_file():
+        print(json.dumps({**result, "status": f"not present ({config_path} does not exist on this branch)"}))
+        return
+
+    config = yaml.safe_load((ROOT / config_path).read_text())
+    model_args, data_args = config["model"].get("init_args", {}), config["data"].get("init_args", {})
+    batch_size = args.batch_size or data_args.get("batch_size", 256)
+    if args.batch_size is None and args.algo == "rsp" and args.device == "cpu":
+        batch_size = 1024  # the paper's 16384 x 1024x1024 MLPs take seconds per update on one CPU thread
+    timed = args.warmup + args.steps
+    overrides, max_steps = {}, timed
+    if args.hidden_dims:
+        overrides["hidden_dims"] = args.hidden_dims
+    if "steps_per_stage" in model_args:  # stage-wise training: time the first stage only
+        stage = timed + args.updates_per_step
+        overrides["steps_per_stage"] = stage
+        max_steps = config["trainer"]["max_steps"] // model_args["steps_per_stage"] * stage
+
+    def make():
+        torch.manual_seed(0)
+        model = instantiate(config["model"], **overrides)
+        datamodule = instantiate(
+            config["data"], dataset_id=dataset_id, batch_size=batch_size, steps_per_epoch=max_steps,
+            generate_steps=DATASET_STEPS, seed=0,
+        )
+        return model, datamodule
+
+    with tempfile.TemporaryDirectory() as log_dir:
+        os.environ.setdefault("MINARI_DATASETS_PATH", str(Path(tempfile.gettempdir()) / "offrl-benchmark-minari"))
+        model, datamodule = make()
+        offrl = time_offrl(model, datamodule, args, log_dir, max_steps)
+    # The plain loop runs on the module the trainer built (same networks, same stage); its optimisers are new.
+    plain = time_plain(model, datamodule, args, args.compile, args.cudagraphs)
+    result.update(
+        {
+            "hidden_dims": list(model.hparams.hidden_dims),
+            "batch_size": batch_size,
+            "dataset": f"{dataset_id} ({DATASET_STEPS} steps)",
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "threads": torch.get_num_threads(),
+            "machine": f"{platform.processor() or platform.machine()} / {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}",
+            "torch": torch.__version__,
+            "load_average": round(os.getloadavg()[0], 2),
+            "offrl_updates_per_s": round(args.steps / offrl.wall, 1),
+            "plain_updates_per_s": round(args.steps / plain.wall, 1),
+            "ratio": round(plain.wall / offrl.wall, 3),
+            "offrl_updates_per_cpu_s": round(args.steps / offrl.cpu, 1),
+            "plain_updates_per_cpu_s": round(args.steps / plain.cpu, 1),
+            "ratio_cpu_time": round(plain.cpu / offrl.cpu, 3),
+        }
+    )
+    if args.compile or args.cudagraphs:
+        eager = time_plain(model, datamodule, args, False, False)
+        result["plain_eager_updates_per_s"] = round(args.steps / eager.wall, 1)
+        result["speedup_vs_plain_eager"] = round(eager.wall / offrl.wall, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The update loop: several updates per trainer step and compiled updates train exactly like the plain loop,
+losses are logged as window means without per-step logging, bad settings fail in one sentence; evaluation in
+worker processes returns the numbers of evaluation in this one."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+from conftest import write_synthetic
+
+from offrl.algos.bc import BC
+from offrl.algos.rsp import RSP
+from offrl.algos.value_policy import ValuePolicy
+from offrl.callbacks.throughput import UpdateLoop
+from offrl.data.datamodules import SkipStepDataModule, TransitionDataModule
+from offrl.errors import OffrlError
+
+HOPPER = "test/performance/hopper-v0"
+MAZE = "test/performance/maze-v0"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def datasets():
+    write_synthetic(HOPPER, [40] * 10)
+    write_synthetic(MAZE, [40] * 10, goal=True)
+
+
+class StepRecorder(L.Callback):
+    """Each step's returned losses and the logged metrics after it."""
+
+    def __init__(self):
+        self.outputs, self.logged = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.outputs.append({name: loss.item() for name, loss in outputs.items()})
+        self.logged.append({name: value.item() for name, value in trainer.callback_metrics.items()})
+
+
+def fit(model, datamodule, max_steps: int, loop: UpdateLoop, recorder=None, log_every: int = 50) -> L.Trainer:
+    L.seed_everything(0)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        log_every_n_steps=log_every,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[loop] + ([recorder] if recorder else []),
+    )
+    trainer.fit(model, datamodule)
+    return trainer
+
+
+def parameters(model) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def iql_ddpgbc() -> tuple[ValuePolicy, TransitionDataModule]:
+    return ValuePolicy(value="iql", extraction="ddpgbc", hidden_dims=[16, 16]), TransitionDataModule(HOPPER, batch_size=32, steps_per_epoch=20)
+
+
+def rsp() -> tuple[RSP, SkipStepDataModule]:
+    # Stage-wise with 4 steps per stage: the update switches networks (and graphs) twice in 12 steps.
+    model = RSP(hidden_dims=[16, 16], steps_per_stage=4, normalize_observations=False)
+    return model, SkipStepDataModule(MAZE, batch_size=32, steps_per_epoch=12, scales=[2, 4])
+
+
+@pytest.mark.parametrize("make,max_steps", [(iql_ddpgbc, 20), (rsp, 12)])
+def test_several_updates_per_step_train_exactly_like_one(make, max_steps):
+    one = make()
+    trainer_one = fit(*one, max_steps, UpdateLoop(updates_per_step=1))
+    several = make()
+    trainer_several = fit(*several, max_steps, UpdateLoop(updates_per_step=4))
+    assert trainer_one.global_step == trainer_several.global_step == max_steps
+    expected, got = parameters(one[0]), parameters(several[0])
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+@pytest.mark.parametrize("make,max_steps", [(iql_ddpgbc, 6), (rsp, 12)])
+def test_compiled_update_gives_the_eager_numbers(make, max_steps, monkeypatch):
+    eager = make()
+    fit(*eager, max_steps, UpdateLoop())
+    # The aot_eager backend traces the whole update (forward, backward, optimiser steps, target averaging,
+    # learning-rate schedule) as torch.compile does, without the minutes of C++ code generation on this CPU.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    compiled = make()
+    fit(*compiled, max_steps, UpdateLoop(compile=True))
+    expected, got = parameters(eager[0]), parameters(compiled[0])
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_losses_are_logged_as_means_over_each_logging_window():
+    recorder = StepRecorder()
+    fit(BC(hidden_dims=[16]), TransitionDataModule(HOPPER, batch_size=32, steps_per_epoch=20), 20, UpdateLoop(), recorder, log_every=5)
+    losses = [step["bc_loss"] for step in recorder.outputs]
+    for step in (4, 9, 14, 19):  # Lightning writes logs after steps 5, 10, 15, 20
+        window = losses[step - 4 : step + 1]
+        assert recorder.logged[step]["train/bc_loss"] == pytest.approx(sum(window) / 5, rel=1e-5)
+    assert recorder.logged[5]["train/bc_loss"] == recorder.logged[4]["train/bc_loss"]  # nothing logged in between
+
+
+def test_update_loop_settings_fail_in_one_sentence():
+    with pytest.raises(OffrlError, match="steps_per_epoch 20 must be a multiple of performance.updates_per_step 3"):
+        fit(BC(hidden_dims=[16]), TransitionDataModule(HOPPER, steps_per_epoch=20), 6, UpdateLoop(updates_per_step=3))
+    with pytest.raises(OffrlError, match="updates_per_step must be a positive integer"):
+        UpdateLoop(updates_per_step=0)
+    with pytest.raises(OffrlError, match="need a cuda device"):
+        fit(BC(hidden_dims=[16]), TransitionDataModule(HOPPER, steps_per_epoch=20), 2, UpdateLoop(cuda_graphs=True))
+
+
+def test_parallel_evaluation_returns_the_serial_numbers():
+    from offrl.data import registry
+    from offrl.envs.evaluation import evaluate
+    from offrl.envs.factory import make_eval_env
+
+    _, info = registry.load(MAZE)
+
+    def act(observation, goal):  # deterministic: head for the goal
+        return torch.clamp(goal - observation[:, :2], -1, 1)
+
+    metrics = []
+    for parallel in (False, True):
+        env = make_eval_env(info, num_envs=2, seed=3, parallel=parallel)
+        metrics.append(evaluate(act, env, info, 2, torch.device("cpu")))
+        env.close()
+    serial, parallel = metrics
+    assert serial["eval/success"] == 1.0 and serial["eval/return"] > 0  # a run with something to compare
+    assert parallel["eval/return"] == pytest.approx(serial["eval/return"])
+    assert parallel["eval/success"] == serial["eval/success"]
