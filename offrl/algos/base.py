@@ -40,7 +40,8 @@ def accelerated(update: UpdateFn, compile: bool, cuda_graphs: bool, device: torc
 
         # CudaGraphModule takes and returns TensorDicts: the batch is copied into the captured input, losses out.
         losses_td = functools.partial(_losses_as_tensordict, update)
-        update = CudaGraphModule(losses_td, in_keys=[], warmup=3 if compile else 2, device=device)
+        graphed = CudaGraphModule(losses_td, in_keys=[], warmup=3 if compile else 2, device=device)
+        update = functools.partial(_losses_as_dict, graphed)
     return update
 
 
@@ -63,6 +64,11 @@ def apply_gradients(
 
 def _losses_as_tensordict(update: UpdateFn, batch: TensorDict) -> TensorDict:
     return TensorDict(update(batch))
+
+
+def _losses_as_dict(graphed: Callable[[TensorDict], TensorDict], batch: TensorDict) -> dict[str, torch.Tensor]:
+    # Back to the UpdateFn contract: iterating a TensorDict walks its (empty) batch dimension, not its keys.
+    return dict(graphed(batch).items())
 
 
 class OfflineAlgorithm(L.LightningModule):
