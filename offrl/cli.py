@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from offrl.algos.base import OfflineAlgorithm
 from offrl.callbacks.evaluation import EvaluationCallback
+from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
 from offrl.callbacks.throughput import UpdateThroughput
 from offrl.data.datamodules import TransitionDataModule
 from offrl.errors import OffrlError
@@ -45,6 +46,7 @@ class OffrlCLI(LightningCLI):
         parser.add_lightning_class_args(EvaluationCallback, "evaluation")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(UpdateThroughput, "throughput")
+        parser.add_lightning_class_args(FiniteLosses, "finite_losses")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -81,6 +83,7 @@ def run_lightning(args: list[str] | None) -> None:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [StopCheckpoint()]},
         args=args,
         auto_configure_optimizers=False,
     )

@@ -103,7 +103,9 @@ class TransitionDataModule(L.LightningDataModule):
     # -- sampling ----------------------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(StepCounter(self.steps_per_epoch), batch_size=None)
+        # Its own generator: each epoch's iterator would otherwise draw from the global RNG, which a resumed
+        # run (one iterator at resume) and an uninterrupted one (one per epoch) would then consume differently.
+        return DataLoader(StepCounter(self.steps_per_epoch), batch_size=None, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         # Evaluation is environment roll-outs (EvaluationCallback); the loop needs one placeholder batch.

@@ -1,0 +1,182 @@
+"""Runs that survive interruptions and stop on bad numbers.
+
+`StopCheckpoint`: SIGTERM (Lightning's own handler) or a first Ctrl-C asks the loop to stop after the current
+update; the stop is turned into `last.ckpt`, which `--ckpt_path last` resumes. The global torch (CPU and CUDA),
+numpy and Python RNG states travel in every checkpoint, so a resumed run draws the same numbers as one that
+never stopped. A killed process keeps its last periodic checkpoint.
+
+`FiniteLosses`: a non-finite `train/*` loss stops training with the loss's name and step, and no checkpoint
+is ever written from a non-finite state, so the last good one stays.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from offrl.errors import OffrlError
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states, as tensors and plain numbers (checkpoints load with torch.load(weights_only=True))."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    numpy = states["numpy"]
+    keys = numpy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class StopCheckpoint(L.Callback):
+    """SIGTERM or Ctrl-C during fit: finish the update, save `last.ckpt`, exit with 128 + the signal number.
+
+    Lightning already turns SIGTERM into a stop at the end of an update (its SignalConnector raises
+    SIGTERMException there); a first Ctrl-C is routed into the same path, a second one stops at once (and
+    keeps only the last periodic checkpoint, since the state may be mid-update).
+    """
+
+    def __init__(self) -> None:
+        self.stop_signal = signal.SIGTERM
+        self._previous_sigint: Any = None
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    # -- stopping ----------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._rng_to_restore is not None:
+            # Applied here, after the data loaders exist, at the same point of the loop as when it was saved.
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+        try:
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint(trainer))
+        except ValueError:  # not the main thread: leave Ctrl-C to Lightning
+            self._previous_sigint = None
+
+    def _on_sigint(self, trainer: L.Trainer):
+        def handler(signum: int, frame: Any) -> None:
+            if trainer.received_sigterm:
+                raise KeyboardInterrupt
+            self.stop_signal = signal.SIGINT
+            trainer._signal_connector.received_sigterm = True  # Lightning's own stop request, as SIGTERM sets it
+            if trainer.is_global_zero:
+                print("offrl: stopping after this update to save a checkpoint (Ctrl-C again stops at once)", file=sys.stderr)
+
+        return handler
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
+        if not isinstance(exception, SIGTERMException):
+            return
+        # Raised by the loop between two updates, so the state is whole: save it where `--ckpt_path last` looks.
+        path = self.last_checkpoint_path(trainer)
+        if trainer.checkpoint_callback is not None:
+            # Saved as ModelCheckpoint's own last.ckpt, so the resumed run overwrites it instead of adding last-v1.ckpt.
+            trainer.checkpoint_callback.last_model_path = str(path)
+        trainer.save_checkpoint(path)
+        exception.code = 128 + int(self.stop_signal)
+        if trainer.is_global_zero:
+            print(
+                f"offrl: stopped by {signal.Signals(self.stop_signal).name} after update {trainer.global_step}; "
+                f"saved {path} (continue with --ckpt_path last)",
+                file=sys.stderr,
+            )
+
+    @staticmethod
+    def last_checkpoint_path(trainer: L.Trainer) -> Path:
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath is not None:
+            return Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+    # -- RNG states in checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rng_to_restore = state_dict.get("rng")
+
+
+class FiniteLosses(L.Callback):
+    """Stop at the first non-finite `train/*` metric, naming it and its update step.
+
+    Each update only folds `isfinite` of the logged losses into a device tensor (no host sync); the flag is read
+    at the logging interval, where Lightning syncs anyway to write the scalars, and before every checkpoint
+    save, so a checkpoint never holds a state that came after a non-finite loss.
+    """
+
+    def __init__(self, check_every_n_steps: int | None = None):
+        """
+        Args:
+            check_every_n_steps: read the flag every this many updates (default: trainer.log_every_n_steps).
+        """
+        if check_every_n_steps is not None and check_every_n_steps < 1:
+            raise OffrlError(f"finite_losses.check_every_n_steps must be a positive integer, got {check_every_n_steps}")
+        self.check_every_n_steps = check_every_n_steps
+        self.names: list[str] = []
+        self.first_bad_step: torch.Tensor | None = None  # per loss: the first step it was non-finite, else -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        losses = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/") and isinstance(v, torch.Tensor)}
+        if not losses:
+            return
+        if list(losses) != self.names or self.first_bad_step is None:
+            self.check(trainer)  # the logged set changed (e.g. an RSP stage ended): settle the old one first
+            self.names = list(losses)
+            self.first_bad_step = torch.full((len(losses),), -1, dtype=torch.long, device=pl_module.device)
+        values = torch.stack([v.detach().to(pl_module.device, torch.float32).reshape(()) for v in losses.values()])
+        step = trainer.global_step  # the update just made
+        self.first_bad_step = torch.where(~torch.isfinite(values) & (self.first_bad_step < 0), step, self.first_bad_step)
+        every = self.check_every_n_steps or trainer.log_every_n_steps or 1
+        if step % every == 0:
+            self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        if self.first_bad_step is None:
+            return
+        first = self.first_bad_step.tolist()
+        bad = [(step, name) for step, name in zip(first, self.names) if step >= 0]
+        if bad:
+            step, name = min(bad)
+            kept = StopCheckpoint.last_checkpoint_path(trainer)
+            kept_note = f"the last good checkpoint {kept} is kept" if kept.is_file() else "no checkpoint was written"
+            raise OffrlError(
+                f"{name} became non-finite at update {step}, so training stopped; {kept_note} "
+                "(lower model.lr or check the data)"
+            )
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.check(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
