@@ -104,11 +104,12 @@ def assert_same_training_state(expected: dict, actual: dict) -> None:
 
 
 def logged(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every train/ and eval/ scalar as (step, value), over all event files of the run (a resume appends one)."""
+    """Every train/ and eval/ scalar as (step, value), over all event files of the run (a resume appends one;
+    a killed run may have flushed a few points past its checkpoint, which the resume then logs again)."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {
-        tag: sorted((e.step, e.value) for e in events.Scalars(tag))
+        tag: sorted({(e.step, e.value) for e in events.Scalars(tag)})
         for tag in events.Tags()["scalars"]
         if tag.startswith(("train/", "eval/"))
     }
@@ -122,19 +123,97 @@ def fit(*args: str) -> int:
     return 0
 
 
-@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
-def test_interrupted_run_resumes_to_the_same_parameters_and_logs(algorithm, dataset, in_tmp_dir):
-    assert fit("--config", str(write_config(in_tmp_dir / "full.yaml", algorithm, dataset))) == 0
-    stop = {"class_path": "test_resume.SignalAt", "init_args": {"step": STOP_AT}}
-    config = write_config(in_tmp_dir / "stopped.yaml", algorithm, dataset, callbacks=[stop])
-    assert fit("--config", str(config)) == 128 + signal.SIGTERM
-    uninterrupted, interrupted = run_dirs(in_tmp_dir)
-    assert final_state(interrupted)["global_step"] == STOP_AT
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory):
+    """algorithm -> the run folder of its uninterrupted run (made once per module)."""
+    runs: dict[str, Path] = {}
 
-    assert fit("--config", str(write_config(in_tmp_dir / "resume.yaml", algorithm, dataset)), "--ckpt_path", "last") == 0
-    assert run_dirs(in_tmp_dir) == [uninterrupted, interrupted]  # the resume logs into the interrupted run
-    assert_same_training_state(final_state(uninterrupted), final_state(interrupted))
+    def run(algorithm: str) -> Path:
+        if algorithm not in runs:
+            root = tmp_path_factory.mktemp(f"uninterrupted-{algorithm}")
+            cwd = os.getcwd()
+            os.chdir(root)
+            try:
+                assert fit("--config", str(write_config(root / "full.yaml", algorithm, dataset))) == 0
+            finally:
+                os.chdir(cwd)
+            (runs[algorithm],) = run_dirs(root)
+        return runs[algorithm]
+
+    return run
+
+
+def stop_and_resume(algorithm: str, dataset: str, root: Path, signum: int) -> Path:
+    stop = {"class_path": "test_resume.SignalAt", "init_args": {"step": STOP_AT, "signum": int(signum)}}
+    assert fit("--config", str(write_config(root / "stopped.yaml", algorithm, dataset, callbacks=[stop]))) == 128 + signum
+    (interrupted,) = run_dirs(root)
+    assert final_state(interrupted)["global_step"] == STOP_AT
+    assert fit("--config", str(write_config(root / "resume.yaml", algorithm, dataset)), "--ckpt_path", "last") == 0
+    assert run_dirs(root) == [interrupted]  # the resume logs into the interrupted run
+    return interrupted
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_interrupted_run_resumes_to_the_same_parameters_and_logs(algorithm, dataset, uninterrupted, in_tmp_dir):
+    interrupted = stop_and_resume(algorithm, dataset, in_tmp_dir, signal.SIGTERM)
+    assert_same_training_state(final_state(uninterrupted(algorithm)), final_state(interrupted))
     # The same numbers at the same steps, evaluations included: the epoch position and schedule carried over.
-    expected, resumed = logged(uninterrupted), logged(interrupted)
+    expected, resumed = logged(uninterrupted(algorithm)), logged(interrupted)
     assert len(expected["eval/return"]) == 2
     assert resumed == expected
+
+
+def test_ctrl_c_also_stops_with_a_checkpoint(dataset, uninterrupted, in_tmp_dir, capsys):
+    interrupted = stop_and_resume("bc", dataset, in_tmp_dir, signal.SIGINT)
+    assert f"stopped by SIGINT after update {STOP_AT}" in capsys.readouterr().err
+    assert_same_training_state(final_state(uninterrupted("bc")), final_state(interrupted))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+
+
+class Pace(L.Callback):
+    """Slows a subprocess's updates down so that a signal sent from outside lands mid-run."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(0.05)
+
+
+def start_fit(config: Path, cwd: Path) -> subprocess.Popen:
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join([tests, *sys.path])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "offrl.cli", "fit", "--config", str(config)],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_checkpoint(cwd: Path, min_step: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        steps = [int(p.stem.split("step=")[1]) for p in cwd.glob("logs/*/*/version_*/checkpoints/*step=*.ckpt")]
+        if steps and max(steps) >= min_step:
+            return
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.01)
+    raise AssertionError(f"no checkpoint of step {min_step} within {timeout} s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_signalled_subprocess_resumes_exactly(signum, dataset, uninterrupted, in_tmp_dir):
+    """SIGTERM: exit 143 with one line and a fresh last.ckpt. SIGKILL: the last periodic checkpoint survives."""
+    pace = {"class_path": "test_resume.Pace"}
+    process = start_fit(write_config(in_tmp_dir / "paced.yaml", "bc", dataset, every_n_train_steps=10, callbacks=[pace]), in_tmp_dir)
+    wait_for_checkpoint(in_tmp_dir, 10 if signum == signal.SIGTERM else 30, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    (interrupted,) = run_dirs(in_tmp_dir)
+    stopped_at = final_state(interrupted)["global_step"]
+    assert 10 <= stopped_at < 60
+    if signum == signal.SIGTERM:
+        assert process.returncode == 128 + signal.SIGTERM
+        assert "Traceback" not in stderr and f"stopped by SIGTERM after update {stopped_at}" in stderr, stderr[-3000:]
+    else:
+        assert process.returncode == -signal.SIGKILL and stopped_at % 10 == 0
+
+    assert fit("--config", str(write_config(in_tmp_dir / "resume.yaml", "bc", dataset)), "--ckpt_path", "last") == 0
+    assert_same_training_state(final_state(uninterrupted("bc")), final_state(interrupted))
+    assert logged(interrupted) == logged(uninterrupted("bc"))

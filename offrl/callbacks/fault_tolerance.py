@@ -69,6 +69,11 @@ class StopCheckpoint(L.Callback):
             # Applied here, after the data loaders exist, at the same point of the loop as when it was saved.
             set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+        checkpoint, last = trainer.checkpoint_callback, self.last_checkpoint_path(trainer)
+        if checkpoint is not None and trainer.ckpt_path is not None and Path(trainer.ckpt_path) == last:
+            # Resuming from last.ckpt: keep writing it, even when a changed ModelCheckpoint config dropped its state
+            # (which would otherwise make it write last-v1.ckpt beside a stale last.ckpt).
+            checkpoint.last_model_path = str(last)
         try:
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint(trainer))
         except ValueError:  # not the main thread: leave Ctrl-C to Lightning
@@ -125,6 +130,13 @@ class StopCheckpoint(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._rng_to_restore = state_dict.get("rng")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # The logs up to a checkpoint reach the disk with it, so a killed run loses neither.
+        for logger in trainer.loggers:
+            flush = getattr(logger.experiment, "flush", None)
+            if callable(flush):
+                flush()
 
 
 class FiniteLosses(L.Callback):
