@@ -217,3 +217,39 @@ def test_a_signalled_subprocess_resumes_exactly(signum, dataset, uninterrupted, 
     assert fit("--config", str(write_config(in_tmp_dir / "resume.yaml", "bc", dataset)), "--ckpt_path", "last") == 0
     assert_same_training_state(final_state(uninterrupted("bc")), final_state(interrupted))
     assert logged(interrupted) == logged(uninterrupted("bc"))
+
+
+def test_same_config_and_seed_give_the_same_metrics(dataset, uninterrupted, in_tmp_dir):
+    # RSP draws noise from the global RNG and samples batches with the datamodule's generator: both are seeded.
+    assert fit("--config", str(write_config(in_tmp_dir / "again.yaml", "rsp", dataset))) == 0
+    (again,) = run_dirs(in_tmp_dir)
+    first, second = logged(uninterrupted("rsp")), logged(again)
+    assert {"train/loss", "train/policy_nll", "eval/return"} <= set(first)
+    assert second == first
+
+
+class PoisonAt(L.Callback):
+    """Makes the policy's parameters NaN before update `step`, so that update's loss is NaN."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step - 1:
+            with torch.no_grad():
+                pl_module.policy.log_std.fill_(float("nan"))
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(dataset, in_tmp_dir, capsys):
+    # Checkpoints every 4 updates, losses read every 5: the NaN at update 22 must still never reach the save at 24.
+    poison = {"class_path": "test_resume.PoisonAt", "init_args": {"step": 22}}
+    config = write_config(in_tmp_dir / "nan.yaml", "bc", dataset, every_n_train_steps=4, callbacks=[poison])
+    assert fit("--config", str(config)) == 1
+    (run_dir,) = run_dirs(in_tmp_dir)
+    last = run_dir.relative_to(in_tmp_dir) / "checkpoints" / "last.ckpt"
+    err = capsys.readouterr().err
+    assert f"train/bc_loss became non-finite at update 22, so training stopped; the last good checkpoint {last} is kept" in err
+    assert "Traceback" not in err
+    saved = final_state(run_dir)
+    assert saved["global_step"] == 20
+    assert all(torch.isfinite(tensor).all() for tensor in saved["state_dict"].values())
