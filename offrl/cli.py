@@ -121,6 +121,8 @@ def data_main(args: list[str]) -> None:
             for dataset_id in others:
                 print(f"    {dataset_id}")
     elif parsed.command == "info":
+        if parsed.dataset_id in registry.RECIPES and not registry.minari_io.dataset_path(parsed.dataset_id).exists():
+            raise OffrlError(f"dataset {parsed.dataset_id} is not in the local store yet; make it with `offrl data generate {parsed.dataset_id}`")
         transitions, dataset_info = registry.load(parsed.dataset_id, generate_steps=None)
         print(f"id:            {dataset_info.dataset_id}")
         print(f"episodes:      {dataset_info.num_episodes}")

@@ -90,17 +90,40 @@ def dataset_path(dataset_id: str) -> Path:
     return datasets_root() / dataset_id
 
 
+TMP_PREFIX = ".offrl-tmp-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_abandoned_writes(root: Path) -> None:
+    """Delete the temporary stores of dataset writes whose process died (a SIGKILL skips their clean-up)."""
+    for folder in root.glob(f"{TMP_PREFIX}*"):
+        pid = folder.name[len(TMP_PREFIX):].split("-")[0]
+        if not pid.isdigit() or not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def write_dataset(dataset_id: str, generated: GeneratedDataset) -> Path:
     """Write a Minari dataset atomically: build it in a temporary store beside the real one, then rename.
 
-    A killed process leaves at most a `.offrl-tmp-*` folder, never a half dataset under the real id.
+    A killed process leaves at most a `.offrl-tmp-<pid>-*` folder, never a half dataset under the real id; the
+    next write removes the folders of processes that are gone.
     """
     root = datasets_root()
     root.mkdir(parents=True, exist_ok=True)
     final = dataset_path(dataset_id)
     if final.exists():
         raise OffrlError(f"dataset {dataset_id} already exists at {final}; delete that folder to regenerate it")
-    tmp_root = Path(tempfile.mkdtemp(prefix=".offrl-tmp-", dir=root))
+    remove_abandoned_writes(root)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=root))
     try:
         with _minari_root(tmp_root):
             created = minari.create_dataset_from_buffers(
