@@ -140,52 +140,53 @@ class StopCheckpoint(L.Callback):
 
 
 class FiniteLosses(L.Callback):
-    """Stop at the first non-finite `train/*` metric, naming it and its update step.
+    """Stop at a non-finite `train/*` loss, naming it and the update step.
 
-    Each update only folds `isfinite` of the logged losses into a device tensor (no host sync); the flag is read
-    at the logging interval, where Lightning syncs anyway to write the scalars, and before every checkpoint
-    save, so a checkpoint never holds a state that came after a non-finite loss.
+    Each update folds `isfinite` of the step's returned loss into a device tensor (no host sync; manual-optimisation
+    modules return none). The logged `train/*` values are read at the logging interval, where Lightning syncs
+    anyway to write the scalars, and before every checkpoint save, so a checkpoint never holds a state that came
+    after a non-finite loss. (`trainer.callback_metrics` is not read every step: it converts progress-bar metrics
+    to Python numbers, a host sync.)
     """
 
     def __init__(self, check_every_n_steps: int | None = None):
         """
         Args:
-            check_every_n_steps: read the flag every this many updates (default: trainer.log_every_n_steps).
+            check_every_n_steps: read the losses every this many updates (default: trainer.log_every_n_steps).
         """
         if check_every_n_steps is not None and check_every_n_steps < 1:
             raise OffrlError(f"finite_losses.check_every_n_steps must be a positive integer, got {check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
-        self.names: list[str] = []
-        self.first_bad_step: torch.Tensor | None = None  # per loss: the first step it was non-finite, else -1
+        self.first_bad_step: torch.Tensor | None = None  # the first update whose returned loss was non-finite, else -1
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        losses = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/") and isinstance(v, torch.Tensor)}
-        if not losses:
-            return
-        if list(losses) != self.names or self.first_bad_step is None:
-            self.check(trainer)  # the logged set changed (e.g. an RSP stage ended): settle the old one first
-            self.names = list(losses)
-            self.first_bad_step = torch.full((len(losses),), -1, dtype=torch.long, device=pl_module.device)
-        values = torch.stack([v.detach().to(pl_module.device, torch.float32).reshape(()) for v in losses.values()])
         step = trainer.global_step  # the update just made
-        self.first_bad_step = torch.where(~torch.isfinite(values) & (self.first_bad_step < 0), step, self.first_bad_step)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            if self.first_bad_step is None:
+                self.first_bad_step = torch.tensor(-1, device=loss.device)
+            bad = ~torch.isfinite(loss.detach()).all() & (self.first_bad_step < 0)
+            self.first_bad_step = torch.where(bad, step, self.first_bad_step)
         every = self.check_every_n_steps or trainer.log_every_n_steps or 1
         if step % every == 0:
             self.check(trainer)
 
     def check(self, trainer: L.Trainer) -> None:
-        if self.first_bad_step is None:
+        first = -1 if self.first_bad_step is None else int(self.first_bad_step)
+        bad = [
+            name
+            for name, value in trainer.callback_metrics.items()
+            if name.startswith("train/") and isinstance(value, torch.Tensor) and not torch.isfinite(value).all()
+        ]
+        if first < 0 and not bad:
             return
-        first = self.first_bad_step.tolist()
-        bad = [(step, name) for step, name in zip(first, self.names) if step >= 0]
-        if bad:
-            step, name = min(bad)
-            kept = StopCheckpoint.last_checkpoint_path(trainer)
-            kept_note = f"the last good checkpoint {kept} is kept" if kept.is_file() else "no checkpoint was written"
-            raise OffrlError(
-                f"{name} became non-finite at update {step}, so training stopped; {kept_note} "
-                "(lower model.lr or check the data)"
-            )
+        when = f"at update {first}" if first >= 0 else f"by update {trainer.global_step}"
+        kept = StopCheckpoint.last_checkpoint_path(trainer)
+        kept_note = f"the last good checkpoint {kept} is kept" if kept.is_file() else "no checkpoint was written"
+        raise OffrlError(
+            f"{', '.join(bad) or 'the training loss'} became non-finite {when}, so training stopped; {kept_note} "
+            "(lower model.lr or check the data)"
+        )
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self.check(trainer)
