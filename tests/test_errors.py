@@ -86,6 +86,9 @@ def test_empty_dataset_is_refused(in_tmp_dir, capsys):
     write_synthetic("test/errors/empty-v0", [2])
     with h5py.File(minari_io.dataset_path("test/errors/empty-v0") / "data" / "main_data.hdf5", "r+") as f:
         episode = f["episode_0"]
+        first_observation = episode["observations"][:1]
+        del episode["observations"]
+        episode["observations"] = first_observation  # an episode of no steps: its first observation only
         for key, shape in (("actions", (0, 3)), ("rewards", (0,)), ("terminations", (0,)), ("truncations", (0,))):
             dtype = episode[key].dtype
             del episode[key]

@@ -250,7 +250,7 @@ def _checked_episode(episode: EpisodeArrays, dataset_id: str) -> tuple[dict[str,
     except (TypeError, ValueError) as err:
         raise OffrlError(f"{where} holds values that are not numbers ({err}); the dataset is damaged") from None
     length = len(actions) if actions.ndim else 0
-    actions = actions.reshape(length, -1)
+    actions = actions.reshape(length, -1) if length else actions.reshape(0, 0)
     for key, array in observations.items():
         if array.ndim != 2 or len(array) != length + 1:
             raise OffrlError(
