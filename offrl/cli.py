@@ -75,8 +75,9 @@ class OffrlCLI(LightningCLI):
             self.trainer.logger = TensorBoardLogger(LOG_ROOT, name=run_name, version=version, default_hp_metric=False)
 
 
-def run_lightning(args: list[str] | None) -> None:
-    OffrlCLI(
+def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:
+    """The CLI on `args`; with run=False it only builds the model, datamodule and trainer (for scripts)."""
+    return OffrlCLI(
         OfflineAlgorithm,
         TransitionDataModule,
         subclass_mode_model=True,
@@ -85,6 +86,7 @@ def run_lightning(args: list[str] | None) -> None:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": [StopCheckpoint()]},
         args=args,
+        run=run,
         auto_configure_optimizers=False,
     )
 
@@ -112,9 +114,8 @@ def data_main(args: list[str]) -> None:
     if parsed.command == "list":
         local = set(registry.local_ids())
         print("offrl/ ids (generated on demand; * = in the local store):")
-        for dataset_id, found in registry.RECIPES.items():
-            note = f"  (not yet: {found.unavailable})" if found.unavailable else ""
-            print(f"  {'*' if dataset_id in local else ' '} {dataset_id}{note}")
+        for dataset_id in registry.RECIPES:
+            print(f"  {'*' if dataset_id in local else ' '} {dataset_id}")
         others = sorted(local - set(registry.RECIPES))
         if others:
             print("other datasets in the local Minari store:")

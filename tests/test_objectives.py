@@ -318,3 +318,19 @@ def test_opex_works_without_grad_mode(context):
         improved = opex_step(action, lambda a: critic(a).squeeze(-1), step_size=1e-2)
     with torch.no_grad():
         assert (critic(improved) > critic(action.clone())).all()
+
+
+def test_td3_target_smoothing_keeps_noise_clipped_centred_and_inside_the_bounds():
+    from offrl.objectives.value import smoothed_target_action
+
+    torch.manual_seed(0)
+    low, high = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 4.0])  # half-ranges 1 and 2
+    action = torch.tensor([[0.0, 2.0]]).expand(20000, 2)
+    assert torch.equal(smoothed_target_action(action, 0.0, 0.5, low, high), action)
+    smoothed = smoothed_target_action(action, 0.2, 0.5, low, high)
+    offset = smoothed - action
+    assert (offset[:, 0].abs() <= 0.5 + 1e-6).all() and (offset[:, 1].abs() <= 1.0 + 1e-6).all()
+    assert offset.mean(0).abs().max() < 0.01
+    assert torch.allclose(offset.std(0), torch.tensor([0.2, 0.4]), rtol=0.05)  # slightly under: the clip
+    at_bound = smoothed_target_action(torch.tensor([[1.0, 4.0]]).expand(1000, 2), 0.2, 0.5, low, high)
+    assert (at_bound <= high).all() and (at_bound < high).any()

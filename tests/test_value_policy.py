@@ -15,6 +15,7 @@ from offrl.errors import OffrlError
 MAZE = "offrl/pointmaze/umaze-v0"
 HOPPER = "offrl/mujoco/hopper/random-v0"
 PAIRS = [(value, extraction) for value in ("sarsa", "iql", "crl") for extraction in ("awr", "ddpgbc", "sfbc")]
+PAIRS.append(("td3", "ddpgbc"))
 
 from conftest import random_policy_success
 
@@ -111,3 +112,32 @@ def test_goal_conditioned_iql_awr_beats_random_on_umaze(in_tmp_dir):
     random_success = random_policy_success(datamodule.info, episodes)
     print(f"umaze success over {episodes} episodes: IQL+AWR {success:.2f}, random {random_success:.2f}")
     assert success >= random_success + 0.3
+
+
+def test_value_and_policy_train_on_their_own_prefix_of_episodes(in_tmp_dir):
+    from conftest import write_synthetic
+
+    from offrl.algos.value_policy import episode_prefix_size
+
+    write_synthetic("test/fractions/hopper-v0", [10] * 20)  # observation[:, 0] = episode id
+    datamodule = TransitionDataModule("test/fractions/hopper-v0", batch_size=512)
+    datamodule.setup()
+    assert episode_prefix_size(datamodule.transitions, 0.1) == 20  # two whole episodes
+    assert episode_prefix_size(datamodule.transitions, 0.11) == 30  # rounded up to whole episodes
+    assert episode_prefix_size(datamodule.transitions, 1.0) == 200
+
+    model = ValuePolicy("iql", "ddpgbc", hidden_dims=[8], value_data_fraction=0.1, policy_data_fraction=0.5)
+    fit = trainer(max_steps=1)
+    fit.fit(model, datamodule)
+    value_batch, policy_batch = model.training_batches(datamodule.sample(512))
+    assert set(value_batch["observation"][:, 0].tolist()) == {0.0, 1.0}
+    assert set(policy_batch["observation"][:, 0].tolist()) == set(map(float, range(10)))
+    full = ValuePolicy("iql", "ddpgbc", hidden_dims=[8])
+    trainer(max_steps=1).fit(full, datamodule)
+    batch = datamodule.sample(8)
+    assert full.training_batches(batch) == (batch, None)
+
+
+def test_data_fractions_must_lie_in_the_unit_interval():
+    with pytest.raises(OffrlError, match="value_data_fraction"):
+        ValuePolicy(value_data_fraction=0.0)

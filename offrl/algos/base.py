@@ -45,6 +45,21 @@ class OfflineAlgorithm(L.LightningModule):
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def step_optimizers(self, losses: dict[str, torch.Tensor]) -> None:
+        """One manual update: a single backward of the summed losses, then every optimiser steps.
+
+        Each loss must reach only its own network's parameters (targets detached, critics frozen where another
+        network's loss goes through them). Lightning counts every LightningOptimizer.step as a global step, so all
+        but the last optimiser step through their plain torch optimisers and trainer.global_step counts updates.
+        """
+        *others, last = self.optimizers()
+        for optimizer in (*others, last):
+            optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(sum(losses.values()))
+        for optimizer in others:
+            optimizer.optimizer.step()
+        last.step()
+
     def validation_step(self, batch, batch_idx) -> None:
         """Evaluation is environment roll-outs, run by EvaluationCallback."""
 

@@ -6,11 +6,16 @@ Value objectives (`value`):
 - "iql": V by expectile regression on Qbar(s, a); Q(s, a) <- r + gamma * V(s').
 - "crl": contrastive critic f(s, a, g) = phi(s, a)^T psi(g) / sqrt(d), binary NCE over the batch's goals.
   Goal tasks only.
+- "td3": off-policy Q(s, a) <- r + gamma * min Qbar(s', a'), a' = the target actor's action plus clipped noise
+  (TD3's target policy smoothing; with extraction "ddpgbc" and a deterministic actor this is TD3+BC).
 Policy extraction (`extraction`):
 - "awr": maximise exp(temperature * A(s, a)) * log pi(a | s) on dataset actions, A = Q - V.
 - "ddpgbc": maximise Q(s, pi(s)) / sg(mean |Q|) minus alpha times a BC term (-log pi(a | s), or ||pi(s) - a||^2
   for a deterministic actor, which with alpha = 0.4 / action_dim is TD3+BC).
 - "sfbc": train pi by BC; act with the argmax-Q of N actions sampled from it.
+
+Value and policy data can differ (the paper's data-scaling matrices): `value_data_fraction` and
+`policy_data_fraction` train the critic/value and the actor on the first fraction of the dataset's episodes.
 
 Goal tasks (the datamodule adds a relabelled `goal`): every network also sees the goal, and the reward is
 OGBench's gc_negative convention, r = 0 when the goal is reached (the next state is the goal) and -1 otherwise,
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -44,9 +50,10 @@ from offrl.objectives.value import (
     iql_value_loss,
     polyak_update,
     sarsa_q_loss,
+    smoothed_target_action,
 )
 
-VALUE_OBJECTIVES = ("sarsa", "iql", "crl")
+VALUE_OBJECTIVES = ("sarsa", "iql", "crl", "td3")
 EXTRACTIONS = ("awr", "ddpgbc", "sfbc")
 ACTOR_KINDS = ("gaussian", "deterministic")
 NUM_CRITICS = 2
@@ -95,6 +102,12 @@ def next_actions(transitions: TensorDict) -> torch.Tensor:
     return transitions["action"][following]
 
 
+def episode_prefix_size(transitions: TensorDict, fraction: float) -> int:
+    """Transitions in the smallest prefix of whole episodes that holds at least `fraction` of the dataset."""
+    wanted = max(1, math.ceil(fraction * transitions.batch_size[0]))
+    return int(transitions["episode_last"][wanted - 1]) + 1
+
+
 class ValuePolicy(OfflineAlgorithm):
     def __init__(
         self,
@@ -116,17 +129,21 @@ class ValuePolicy(OfflineAlgorithm):
         repr_dim: int = 512,
         reward_scale: float = 1.0,
         normalize_observations: bool = True,
+        target_noise: float = 0.2,
+        target_noise_clip: float = 0.5,
+        value_data_fraction: float = 1.0,
+        policy_data_fraction: float = 1.0,
         name: str | None = None,
     ):
         """
         Args:
-            value: value objective, "sarsa", "iql" or "crl" (goal tasks only).
+            value: value objective, "sarsa", "iql", "crl" (goal tasks only) or "td3" (off-policy, target actor).
             extraction: policy extraction, "awr", "ddpgbc" or "sfbc".
             hidden_dims: widths of every MLP (critics, value, actor, CRL encoders).
             layer_norm: LayerNorm after every hidden layer (OGBench: on for goal tasks).
             lr: Adam learning rate of every network.
             discount: gamma.
-            tau: Polyak rate of the target critic (SARSA, IQL).
+            tau: Polyak rate of the target critic (SARSA, IQL, TD3) and target actor (TD3).
             expectile: IQL's expectile for V (SARSA's V, needed by AWR, uses 0.5: the behaviour's value).
             awr_temperature: AWR inverse temperature alpha in exp(alpha * A).
             awr_max_weight: cap on the AWR weights.
@@ -139,6 +156,10 @@ class ValuePolicy(OfflineAlgorithm):
             repr_dim: CRL representation size d.
             reward_scale: multiplies dataset rewards on reward tasks.
             normalize_observations: z-score observations and goals with dataset statistics (off on mazes).
+            target_noise: TD3's target smoothing noise std, in units of the action half-range.
+            target_noise_clip: TD3's clip on that noise, same units.
+            value_data_fraction: share of the dataset's episodes (a prefix) the critic and value train on.
+            policy_data_fraction: share of the dataset's episodes (a prefix) the actor trains on.
             name: run name for logs/<name>/<dataset>/ (default "<value>_<extraction>", e.g. "iql_ddpgbc").
         """
         super().__init__()
@@ -158,6 +179,9 @@ class ValuePolicy(OfflineAlgorithm):
             raise OffrlError(f"model.tau must lie in (0, 1], got {tau}")
         if not 0.0 < expectile < 1.0:
             raise OffrlError(f"model.expectile must lie in (0, 1), got {expectile}")
+        for key, fraction in (("value_data_fraction", value_data_fraction), ("policy_data_fraction", policy_data_fraction)):
+            if not 0.0 < fraction <= 1.0:
+                raise OffrlError(f"model.{key} must lie in (0, 1], got {fraction}")
         if sfbc_num_samples < 1:
             raise OffrlError(f"model.sfbc_num_samples must be a positive integer, got {sfbc_num_samples}")
         self.save_hyperparameters()
@@ -195,6 +219,8 @@ class ValuePolicy(OfflineAlgorithm):
             self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         if hp.value == "sarsa":
             transitions["next", "action"] = next_actions(transitions)
+        self.value_data_size = episode_prefix_size(transitions, hp.value_data_fraction)
+        self.policy_data_size = episode_prefix_size(transitions, hp.policy_data_fraction)
 
         self.value_net = None
         if self.needs_state_value:
@@ -208,6 +234,8 @@ class ValuePolicy(OfflineAlgorithm):
             self.actor.log_std.requires_grad_(hp.learned_std)
         else:
             self.actor = mlp(obs_dim + goal_dim, hidden, action_dim, hp.layer_norm)
+        if hp.value == "td3":
+            self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.register_buffer("action_low", torch.tensor(info.action_low, dtype=torch.float32))
         self.register_buffer("action_high", torch.tensor(info.action_high, dtype=torch.float32))
 
@@ -227,6 +255,10 @@ class ValuePolicy(OfflineAlgorithm):
         """min over the twin critics: [B]."""
         return self.q_values(self.critic, obs, goal, action).min(0).values
 
+    def action_value(self, observation: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+        """Q(s, a[, g]) from raw (unnormalised) observations and goals, min over the twins: [B]."""
+        return self.q_value(*self.normalized_inputs(observation, goal), action)
+
     def state_value(self, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
         """V(s[, g]): [B]."""
         if self.hparams.value == "crl":
@@ -244,11 +276,13 @@ class ValuePolicy(OfflineAlgorithm):
     def clip_action(self, action: torch.Tensor) -> torch.Tensor:
         return torch.clamp(action, self.action_low, self.action_high)
 
-    def policy_action(self, actor_input: torch.Tensor) -> torch.Tensor:
-        """The actor's deterministic action: the Gaussian mean clipped to the bounds, or the tanh-bounded output."""
+    def policy_action(self, actor_input: torch.Tensor, actor: nn.Module | None = None) -> torch.Tensor:
+        """The deterministic action of `actor` (default: the actor): the Gaussian mean clipped to the bounds, or
+        the tanh-bounded output."""
+        actor = self.actor if actor is None else actor
         if self.hparams.actor == "gaussian":
-            return self.clip_action(self.actor(actor_input)[0])
-        unit = torch.tanh(self.actor(actor_input))
+            return self.clip_action(actor(actor_input)[0])
+        unit = torch.tanh(actor(actor_input))
         return self.action_low + (unit + 1.0) * 0.5 * (self.action_high - self.action_low)
 
     def sfbc_action(self, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
@@ -272,12 +306,15 @@ class ValuePolicy(OfflineAlgorithm):
 
     # -- training ----------------------------------------------------------------------------------------
 
-    def losses(self, batch: TensorDict) -> dict[str, torch.Tensor]:
-        """Every loss of one update, all from the current parameters."""
+    def losses(self, batch: TensorDict, policy_batch: TensorDict | None = None) -> dict[str, torch.Tensor]:
+        """Every loss of one update, all from the current parameters; the actor's on `policy_batch` if given."""
         obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
         losses = {"critic_loss": self.critic_loss(batch, obs, goal)}
         if self.value_net is not None:
             losses["value_loss"] = self.value_loss(obs, goal, batch["action"])
+        if policy_batch is not None:
+            batch = policy_batch
+            obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
         losses["actor_loss"] = self.actor_loss(obs, goal, batch["action"])
         return losses
 
@@ -291,7 +328,14 @@ class ValuePolicy(OfflineAlgorithm):
         if hp.value == "iql":
             return iql_q_loss(q, reward, hp.discount, terminated, self.state_value(next_obs, goal))
         with torch.no_grad():
-            q_next = self.q_values(self.target_critic, next_obs, goal, batch["next", "action"])
+            if hp.value == "td3":
+                next_action = smoothed_target_action(
+                    self.policy_action(joined(next_obs, goal), self.target_actor),
+                    hp.target_noise, hp.target_noise_clip, self.action_low, self.action_high,
+                )
+            else:
+                next_action = batch["next", "action"]
+            q_next = self.q_values(self.target_critic, next_obs, goal, next_action)
         return sarsa_q_loss(q, reward, hp.discount, terminated, q_next)
 
     def value_loss(self, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
@@ -322,18 +366,19 @@ class ValuePolicy(OfflineAlgorithm):
             q_pi = self.q_value(obs, goal, policy_action)
         return ddpgbc_loss(q_pi, bc_term, hp.ddpgbc_alpha, hp.normalize_q)
 
+    def training_batches(self, batch: TensorDict) -> tuple[TensorDict, TensorDict | None]:
+        """(value batch, policy batch or None when the actor trains on the same one)."""
+        if self.value_data_size == self.policy_data_size == len(self.datamodule.transitions):
+            return batch, None
+        sample = self.datamodule.sample
+        return sample(len(batch), self.value_data_size), sample(len(batch), self.policy_data_size)
+
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
-        *network_optimizers, actor_optimizer = self.optimizers()
-        losses = self.losses(batch)
-        for optimizer in (*network_optimizers, actor_optimizer):
-            optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(sum(losses.values()))
-        # Lightning counts every LightningOptimizer.step as a global step; stepping the critic and value through
-        # their plain torch optimisers keeps trainer.max_steps equal to the number of updates.
-        for optimizer in network_optimizers:
-            optimizer.optimizer.step()
-        actor_optimizer.step()
+        losses = self.losses(*self.training_batches(batch))
+        self.step_optimizers(losses)
         if self.hparams.value != "crl":
             polyak_update(self.target_critic.parameters(), self.critic.parameters(), self.hparams.tau)
+        if self.hparams.value == "td3":
+            polyak_update(self.target_actor.parameters(), self.actor.parameters(), self.hparams.tau)
         for name, loss in losses.items():
             self.log(f"train/{name}", loss, prog_bar=name == "critic_loss")

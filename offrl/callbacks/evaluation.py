@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from offrl.callbacks.test_time import improved_act
 from offrl.envs.evaluation import evaluate
 from offrl.envs.factory import make_eval_env
 
@@ -35,7 +36,8 @@ class EvaluationCallback(L.Callback):
             self.env.set_seed(self.seed)
             was_training = pl_module.training
             pl_module.eval()
-            metrics = evaluate(pl_module.act, self.env, info, self.num_episodes, pl_module.device, self.success_threshold)
+            with improved_act(trainer, pl_module) as act:  # OPEX / TTT callbacks, when configured
+                metrics = evaluate(act, self.env, info, self.num_episodes, pl_module.device, self.success_threshold)
             pl_module.train(was_training)
         for name, value in metrics.items():
             pl_module.log(name, torch.tensor(value), rank_zero_only=True)

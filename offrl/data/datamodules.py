@@ -22,6 +22,13 @@ from offrl.data.minari_io import DatasetInfo
 from offrl.errors import OffrlError
 
 
+def window_starts(episode_last: torch.Tensor, window: int, end: int | None = None) -> torch.Tensor:
+    """Every index i whose window i..i+window-1 stays inside its episode (and before `end`, when given)."""
+    index = torch.arange(len(episode_last), device=episode_last.device)
+    last = episode_last if end is None else episode_last.clamp_max(end - 1)
+    return index[index + window - 1 <= last]
+
+
 class StepCounter(IterableDataset):
     """`length` placeholders per epoch: the real batch is drawn on the device."""
 
@@ -137,8 +144,9 @@ class TransitionDataModule(L.LightningDataModule):
         u = torch.rand(size, generator=self.generator, device=device)
         return (u * high).long()
 
-    def sample(self, batch_size: int) -> TensorDict:
-        return self.transitions[self.random_indices(batch_size, self.transitions.batch_size[0])]
+    def sample(self, batch_size: int, num_transitions: int | None = None) -> TensorDict:
+        """A uniform batch; from the first `num_transitions` transitions only when given (a data subset)."""
+        return self.transitions[self.random_indices(batch_size, num_transitions or self.transitions.batch_size[0])]
 
     # -- checkpointing -----------------------------------------------------------------------------------
 
@@ -193,8 +201,9 @@ class HindsightDataModule(TransitionDataModule):
     def goal_key(self) -> tuple[str, str]:
         return ("next", "achieved_goal") if "achieved_goal" in self.transitions.keys() else ("next", "observation")
 
-    def sample_goal_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """For each transition index, the index whose next state is its goal."""
+    def sample_goal_indices(self, indices: torch.Tensor, num_transitions: int | None = None) -> torch.Tensor:
+        """For each transition index, the index whose next state is its goal (random goals from the first
+        `num_transitions` transitions when given)."""
         last = self.transitions["episode_last"][indices]
         remaining = last - indices + 1  # future states i..last, counted by the transition that reaches them
         if self.geometric_discount is None:
@@ -203,15 +212,15 @@ class HindsightDataModule(TransitionDataModule):
             u = torch.rand(len(indices), generator=self.generator, device=indices.device).clamp_min(1e-12)
             offset = torch.floor(torch.log(u) / math.log(self.geometric_discount)).long()
             future = indices + torch.minimum(offset, remaining - 1)
-        random = self.random_indices(len(indices), self.transitions.batch_size[0])
+        random = self.random_indices(len(indices), num_transitions or self.transitions.batch_size[0])
         choice = torch.rand(len(indices), generator=self.generator, device=indices.device)
         future_prob, random_prob, _ = self.goal_probs
         goal_indices = torch.where(choice < future_prob, future, indices)
         return torch.where((choice >= future_prob) & (choice < future_prob + random_prob), random, goal_indices)
 
-    def sample(self, batch_size: int) -> TensorDict:
-        indices = self.random_indices(batch_size, self.transitions.batch_size[0])
-        goal_indices = self.sample_goal_indices(indices)
+    def sample(self, batch_size: int, num_transitions: int | None = None) -> TensorDict:
+        indices = self.random_indices(batch_size, num_transitions or self.transitions.batch_size[0])
+        goal_indices = self.sample_goal_indices(indices, num_transitions)
         batch = self.transitions[indices]
         batch["goal"] = self.transitions[self.goal_key][goal_indices]
         batch["goal_index"] = goal_indices
@@ -248,9 +257,7 @@ class AnyStepDataModule(TransitionDataModule):
 
     def prepare_transitions(self, transitions: TensorDict) -> None:
         # window_starts[k-1]: every index i whose window i..i+k-1 stays inside its episode.
-        index = torch.arange(transitions.batch_size[0])
-        last = transitions["episode_last"]
-        self.window_starts = [index[index + k - 1 <= last] for k in range(1, self.max_window + 1)]
+        self.window_starts = [window_starts(transitions["episode_last"], k) for k in range(1, self.max_window + 1)]
         if len(self.window_starts[0]) == 0:
             raise OffrlError(f"dataset {self.dataset_id} has no transitions to build windows from")
 

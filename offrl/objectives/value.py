@@ -83,6 +83,23 @@ def sarsa_q_loss(
     return _regression(q, td_target(reward, discount, terminated, next_value))
 
 
+def smoothed_target_action(
+    target_action: torch.Tensor,
+    noise_std: float,
+    noise_clip: float,
+    action_low: torch.Tensor | float = -1.0,
+    action_high: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """TD3's target policy smoothing: a' = clip(π̄(s') + clip(ε, −c, c), low, high), ε ~ N(0, σ²), detached.
+
+    σ and c are in units of the action half-range (TD3's 0.2 and 0.5 on [−1, 1] actions). With a' from this,
+    `sarsa_q_loss` is TD3's clipped double-Q critic loss, r + γ min_i Q̄_i(s', a').
+    """
+    half_range = (torch.as_tensor(action_high) - torch.as_tensor(action_low)).to(target_action) / 2
+    noise = (torch.randn_like(target_action) * noise_std).clamp(-noise_clip, noise_clip) * half_range
+    return torch.clamp(target_action.detach() + noise, action_low, action_high)
+
+
 def contrastive_logits(sa_repr: torch.Tensor, goal_repr: torch.Tensor) -> torch.Tensor:
     """All-pairs critic logits f(s_i, a_i, g_j) = φ(s_i, a_i)ᵀ ψ(g_j) / √d.
 

@@ -1,0 +1,159 @@
+"""ADMPO-OFF vs MOPO vs BC: D4RL-normalised scores on the local MuJoCo datasets (arXiv 2405.17031, Table 1).
+
+Every (algorithm, dataset, seed) is one `offrl fit` of the algorithm's config (configs/admpo_off, configs/mopo,
+configs/bc with the dataset swapped in) in its own process and folder; `--jobs` run at once. The score is the
+last evaluation's eval/normalized_score (10 episodes in full mode). Missing datasets are generated first, once.
+
+Full mode is the configs as they are (5M updates; hours per job on a GPU). `--reduced` is a CPU smoke budget:
+small generated datasets, few updates, small roll-out batches: its numbers say the pipeline runs, not who wins.
+Prints JSON as its last line; writes benchmarks/results/admpo.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from offrl.data import minari_io, registry
+
+ROOT = Path(__file__).resolve().parents[1]
+ALGORITHMS = ("admpo_off", "mopo", "bc")
+DATASETS = tuple(f"{env}-{kind}" for env in ("hopper", "halfcheetah", "walker2d") for kind in ("random", "medium", "medium-replay", "medium-expert"))
+def dataset_id(short: str) -> str:
+    env, kind = short.split("-", 1)
+    return f"offrl/mujoco/{env}/{kind}-v0"
+
+
+def fit_command(algorithm: str, dataset: str, seed: int, args) -> list[str]:
+    config = ROOT / "configs" / algorithm / f"{dataset}.yaml"
+    if algorithm == "bc":
+        config = ROOT / "configs" / "bc" / "hopper-medium.yaml"  # the same BC recipe on every dataset
+    command = [
+        sys.executable, "-m", "offrl.cli", "fit", "--config", str(config),
+        "--data.init_args.dataset_id", dataset_id(dataset), "--seed_everything", str(seed),
+        "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu", "--trainer.enable_progress_bar", "false",
+    ]
+    if args.generate_steps:
+        command += ["--data.init_args.generate_steps", str(args.generate_steps)]
+    if args.reduced:
+        command += ["--trainer.max_steps", str(args.max_steps), "--data.init_args.steps_per_epoch", str(args.max_steps // 2),
+                    "--evaluation.num_episodes", "5", "--evaluation.num_envs", "5"]
+        if algorithm != "bc":
+            command += ["--model.init_args.rollout_batch_size", "1000", "--model.init_args.rollout_every", "250",
+                        "--model.init_args.model_max_epochs", str(args.model_max_epochs or 3),
+                        "--model.init_args.model_updates_per_epoch", "100"]
+    elif args.max_steps:
+        command += ["--trainer.max_steps", str(args.max_steps)]
+    if args.model_max_epochs and algorithm != "bc" and not args.reduced:
+        command += ["--model.init_args.model_max_epochs", str(args.model_max_epochs)]
+    return command
+
+
+def final_score(run_root: Path) -> float | None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted(run_root.glob("logs/*/*/version_*"))
+    if not runs:
+        return None
+    events = EventAccumulator(str(runs[-1]))
+    events.Reload()
+    if "eval/normalized_score" not in events.Tags()["scalars"]:
+        return None
+    return events.Scalars("eval/normalized_score")[-1].value
+
+
+def run_job(job: tuple[str, str, int], args) -> dict:
+    algorithm, dataset, seed = job
+    folder = args.work_dir / f"{algorithm}-{dataset}-s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    result = subprocess.run(fit_command(algorithm, dataset, seed, args), cwd=folder, env=env, capture_output=True, text=True)
+    (folder / "stderr.txt").write_text(result.stderr)
+    return {"algorithm": algorithm, "dataset": dataset, "seed": seed, "returncode": result.returncode,
+            "seconds": time.perf_counter() - start, "score": final_score(folder)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="fits run in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    parser.add_argument("--generate-steps", type=int, default=None, help="size of generated datasets (default full)")
+    parser.add_argument("--max-steps", type=int, default=None, help="updates per fit (default: the configs')")
+    parser.add_argument("--model-max-epochs", type=int, default=None, help="cap on model pretraining epochs (default: early stopping only)")
+    parser.add_argument("--reduced", action="store_true", help="CPU smoke budget: 20k-step datasets, 1000 updates")
+    parser.add_argument("--work-dir", type=Path, default=Path("benchmark_runs/admpo"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "admpo.md")
+    args = parser.parse_args()
+    if args.reduced:
+        args.generate_steps = args.generate_steps or 20000
+        args.max_steps = args.max_steps or 1000
+    args.work_dir = args.work_dir.resolve()
+
+    for dataset in args.datasets:  # generate once, before the parallel fits read them
+        if not minari_io.dataset_path(dataset_id(dataset)).exists():
+            registry.generate(dataset_id(dataset), steps=args.generate_steps, seed=0)
+    jobs = [(a, d, s) for d in args.datasets for a in args.algorithms for s in args.seeds]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda job: run_job(job, args), jobs))
+    table = {}
+    for r in results:
+        table.setdefault(r["dataset"], {}).setdefault(r["algorithm"], []).append(r["score"])
+    summary = {
+        "benchmark": "admpo", "device": args.device, "reduced": args.reduced, "seeds": args.seeds,
+        "generate_steps": args.generate_steps, "max_steps": args.max_steps, "seconds": time.perf_counter() - start,
+        "failed": [f"{r['algorithm']}/{r['dataset']}/s{r['seed']}" for r in results if r["returncode"] != 0],
+        "scores": {d: {a: mean_std(v) for a, v in row.items()} for d, row in table.items()},
+    }
+    write_report(args, summary, results)
+    print(json.dumps(summary))
+
+
+def mean_std(scores: list[float | None]) -> dict:
+    values = [s for s in scores if s is not None]
+    return {"mean": float(np.mean(values)) if values else None, "std": float(np.std(values)) if values else None, "n": len(values)}
+
+
+def write_report(args, summary, results) -> None:
+    lines = [
+        "# ADMPO-OFF vs MOPO vs BC (D4RL-normalised score of the last evaluation, mean ± std over seeds)",
+        "",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: {args.device}; seeds {args.seeds}; "
+        f"{'REDUCED CPU smoke budget: not comparable to the paper' if args.reduced else 'full budget (the configs)'}.",
+        f"- Datasets: local `offrl/mujoco/*` ({args.generate_steps or 'full 1M/2M'} steps); updates per fit: "
+        f"{args.max_steps or 'the configs (5M ADMPO/MOPO, 100k BC)'}; wall time {summary['seconds']:.0f}s with {args.jobs} jobs.",
+        f"- Command: `python {' '.join(sys.argv)}`",
+        "",
+        "| dataset | " + " | ".join(args.algorithms) + " |",
+        "| --- | " + " | ".join("---" for _ in args.algorithms) + " |",
+    ]
+    for dataset, row in summary["scores"].items():
+        cells = []
+        for algorithm in args.algorithms:
+            s = row.get(algorithm, {"mean": None})
+            cells.append("failed" if s["mean"] is None else f"{s['mean']:.1f} ± {s['std']:.1f}")
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    lines += ["", "Paper (D4RL v2 data, not these local datasets): ADMPO-OFF average 81.0, MOPO 70.3."]
+    if summary["failed"]:
+        lines += ["", f"Failed fits (see {args.work_dir}/<job>/stderr.txt): {', '.join(summary['failed'])}"]
+    lines.append("")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

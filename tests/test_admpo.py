@@ -1,0 +1,332 @@
+"""ADM / ADMPO-OFF / MOPO: windows, the any-step model, penalties, termination rules, roll-outs and a tiny fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import yaml
+from tensordict import TensorDict
+
+from conftest import write_synthetic
+from test_cli import offrl, scalars
+from offrl.algos.admpo import ModelBuffer, holdout_errors, pretrain_dynamics, rollout, window_targets
+from offrl.data import registry
+from offrl.data.datamodules import window_starts
+from offrl.envs.termination import hopper_terminated, termination_fn, walker2d_terminated
+from offrl.errors import OffrlError
+from offrl.nn.dynamics import AnyStepDynamics, EnsembleDynamics
+from offrl.objectives.dynamics import any_step_penalty, dynamics_nll, ensemble_penalty
+
+
+def linear_system(episodes: int = 40, length: int = 50, seed: int = 0) -> tuple[TensorDict, torch.Tensor, torch.Tensor]:
+    """Transitions of s' = A s + B a (+ small noise), r = s[0] + a[0], in the flat layout of registry.load.
+
+    A is a rotation, so one-step model errors neither shrink nor grow when chained: with a contracting A (tried:
+    0.9 I + noise) three chained one-step predictions beat the direct 3-step one on some seeds.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    obs_dim, action_dim = 4, 2
+    A = torch.linalg.qr(torch.randn(obs_dim, obs_dim, generator=rng))[0]  # a rotation: errors neither shrink nor grow
+    B = torch.randn(obs_dim, action_dim, generator=rng) * 0.5
+    rows = {"observation": [], "action": [], "next_observation": [], "reward": [], "episode_last": []}
+    for episode in range(episodes):
+        s = torch.randn(obs_dim, generator=rng)
+        for t in range(length):
+            a = torch.rand(action_dim, generator=rng) * 2 - 1
+            s_next = A @ s + B @ a + 0.01 * torch.randn(obs_dim, generator=rng)
+            rows["observation"].append(s)
+            rows["action"].append(a)
+            rows["next_observation"].append(s_next)
+            rows["reward"].append(s[0] + a[0])
+            rows["episode_last"].append(torch.tensor(episode * length + length - 1))
+            s = s_next
+    n = episodes * length
+    transitions = TensorDict(
+        {
+            "observation": torch.stack(rows["observation"]),
+            "action": torch.stack(rows["action"]),
+            "episode_last": torch.stack(rows["episode_last"]),
+            "next": {
+                "observation": torch.stack(rows["next_observation"]),
+                "reward": torch.stack(rows["reward"]),
+                "terminated": torch.zeros(n, dtype=torch.bool),
+            },
+        },
+        batch_size=[n],
+    )
+    return transitions, A, B
+
+
+def tiny_any_step(obs_dim: int = 4, action_dim: int = 2) -> AnyStepDynamics:
+    return AnyStepDynamics(obs_dim, action_dim, hidden_dim=64, gru_layers=1, residual_blocks=2, dropout=0.0)
+
+
+# -- windows -----------------------------------------------------------------------------------------------
+
+
+def test_model_windows_never_cross_an_episode_boundary_or_the_holdout_split():
+    write_synthetic("test/admpo/windows-v0", [3, 7, 1, 12, 5])
+    transitions, _ = registry.load("test/admpo/windows-v0")
+    end = 20
+    for k in range(1, 6):
+        first = window_starts(transitions["episode_last"], k, end=end)
+        assert len(first) > 0
+        start_obs, actions, target = window_targets(transitions, first, k)
+        steps = first[:, None] + torch.arange(k)
+        assert (steps < end).all()
+        # The synthetic observation encodes (episode, t): every row of a window is one episode, consecutive.
+        episode = transitions["observation"][steps][..., 0]
+        assert (episode == episode[:, :1]).all()
+        assert (transitions["observation"][steps][..., 1] == start_obs[:, None, 1] + torch.arange(k)).all()
+        final_next = target[:, :-1] + start_obs
+        assert (final_next[:, 0] == start_obs[:, 0]).all() and (final_next[:, 1] == start_obs[:, 1] + k).all()
+        assert torch.equal(actions, transitions["action"][steps])
+    # Windows longer than every episode: none.
+    assert len(window_starts(transitions["episode_last"], 13)) == 0
+
+
+def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
+    transitions, _, _ = linear_system(episodes=6, length=20)
+    model = tiny_any_step()
+    model.fit_normalizers(transitions["observation"], transitions["action"])
+    seen: list[int] = []
+    model.register_forward_hook(lambda module, args, out: seen.append(args[1].shape[1]))
+    pretrain_dynamics(model, transitions, max_window=3, batch_size=16, max_epochs=1, updates_per_epoch=60, progress=False)
+    training = seen[:60]
+    assert set(training) == {1, 2, 3}
+    lengths: list[int] = []
+    predict_every_k = model.predict_every_k
+    model.predict_every_k = lambda obs, actions: (lengths.append(obs.shape[1]), predict_every_k(obs, actions))[1]
+    first = window_starts(transitions["episode_last"], 3)[:8]
+    history = first[:, None] + torch.arange(2)
+    policy = lambda obs: torch.zeros(obs.shape[0], 2)  # noqa: E731
+    rows = rollout(
+        model, policy, transitions["observation"][history], transitions["action"][history],
+        transitions["observation"][first + 2], 4, lambda s: torch.zeros(len(s), dtype=torch.bool), 0.0, "official", 3,
+    )
+    assert len(rows) == 8 * 4
+    # Each step predicts for every k in 1..min(history, m) = 1..3 (the penalty's spread), history capped at m.
+    assert lengths == [3] * 4
+
+
+def test_every_k_at_once_equals_one_k_at_a_time():
+    torch.manual_seed(0)
+    model = tiny_any_step().eval()
+    observations, actions = torch.randn(6, 4, 4), torch.randn(6, 4, 2)
+    means, logvars = model.predict_every_k(observations, actions)
+    for k in range(1, 5):
+        mean, logvar = model.predict_from_history(observations, actions, k)
+        assert torch.allclose(means[k - 1], mean, atol=1e-5) and torch.allclose(logvars[k - 1], logvar, atol=1e-5)
+
+
+# -- the model learns a linear system ----------------------------------------------------------------------
+
+
+def test_nll_falls_and_direct_3_step_prediction_beats_3_bootstrapped_steps():
+    torch.manual_seed(0)
+    transitions, _, _ = linear_system()
+    model = tiny_any_step()
+    model.fit_normalizers(transitions["observation"], transitions["action"])
+    first = window_starts(transitions["episode_last"], 3)
+    probe = first[torch.randperm(len(first), generator=torch.Generator().manual_seed(1))[:256]]
+
+    def nll() -> float:
+        with torch.no_grad():
+            model.eval()
+            start_obs, actions, target = window_targets(transitions, probe, 3)
+            mean, logvar = model(start_obs, actions)
+            model.train()
+            return dynamics_nll(mean, logvar, target, model.bounds.min_logvar, model.bounds.max_logvar).item()
+
+    before = nll()
+    history = pretrain_dynamics(model, transitions, max_window=3, batch_size=64, lr=1e-3, max_epochs=15, progress=False)
+    assert nll() < before - 1.0
+    assert min(history) < 0.2 * history[0]
+
+    # On the hold-out episode: one 3-step prediction vs three chained 1-step predictions (means).
+    holdout_first = window_starts(transitions["episode_last"], 3)
+    holdout_first = holdout_first[holdout_first >= len(transitions) - 1000]
+    model.eval()
+    with torch.no_grad():
+        start_obs, actions, target = window_targets(transitions, holdout_first, 3)
+        truth = start_obs + target[:, :-1]
+        direct = start_obs + model(start_obs, actions)[0][:, :-1]
+        state = start_obs
+        for i in range(3):
+            state = state + model(state, actions[:, i : i + 1])[0][:, :-1]
+    direct_error = (direct - truth).pow(2).sum(-1).mean()
+    bootstrapped_error = (state - truth).pow(2).sum(-1).mean()
+    assert direct_error < bootstrapped_error
+
+
+def test_ensemble_learns_and_keeps_its_best_members_as_elites():
+    torch.manual_seed(0)
+    transitions, _, _ = linear_system(episodes=20)
+    model = EnsembleDynamics(4, 2, hidden_dims=(32, 32), num_members=4, num_elites=2)
+    model.fit_normalizers(transitions["observation"], transitions["action"])
+    history = pretrain_dynamics(
+        model, transitions, max_window=1, batch_size=64, lr=1e-3, max_epochs=10, updates_per_epoch=60, progress=False
+    )
+    assert history[-1] < 0.3 * history[0]
+    holdout_first = window_starts(transitions["episode_last"], 1)
+    errors = holdout_errors(model, transitions, [holdout_first[holdout_first >= len(transitions) - 200]])
+    assert set(model.elites.tolist()) == set(errors.argsort()[:2].tolist())
+
+
+# -- penalties ---------------------------------------------------------------------------------------------
+
+
+def test_any_step_penalty_is_zero_when_all_k_agree_and_grows_with_disagreement():
+    mean = torch.randn(1, 8, 5)
+    logvar = torch.full((3, 8, 5), -2.0)
+    agree = mean.expand(3, -1, -1)
+    assert torch.allclose(any_step_penalty(agree, logvar, "official"), torch.zeros(8))
+    # Eq. 4 adds the predicted variances: sqrt(mean_dims exp(-2)) = exp(-1) when the means agree.
+    assert torch.allclose(any_step_penalty(agree, logvar, "eq4"), torch.full((8,), np.exp(-1.0)), atol=1e-6)
+    # Means 0, 1, 2 on every dim: variance over k 2/3, so the official penalty is sqrt(2/3).
+    spread = torch.arange(3.0)[:, None, None].expand(3, 8, 5)
+    assert torch.allclose(any_step_penalty(spread, logvar, "official"), torch.full((8,), (2 / 3) ** 0.5))
+
+
+def test_ensemble_penalty_is_the_largest_std_norm():
+    logvar = torch.log(torch.tensor([[[1.0, 1.0]], [[4.0, 9.0]], [[0.25, 0.25]]]))  # stds (1,1), (2,3), (.5,.5)
+    assert torch.allclose(ensemble_penalty(logvar), torch.tensor([13.0**0.5]))
+
+
+# -- termination -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id, rule", [("Hopper-v5", hopper_terminated), ("Walker2d-v5", walker2d_terminated)])
+def test_termination_rules_match_the_envs_own(env_id, rule):
+    env = gym.make(env_id)
+    env.action_space.seed(0)
+    next_obs, terminated = [], []
+    obs, _ = env.reset(seed=0)
+    while len(terminated) < 600:
+        obs, _, term, trunc, _ = env.step(env.action_space.sample())
+        next_obs.append(obs)
+        terminated.append(term)
+        if term or trunc:
+            obs, _ = env.reset()
+    env.close()
+    predicted = rule(torch.as_tensor(np.array(next_obs), dtype=torch.float32))
+    assert sum(terminated) >= 5  # random actions fall over often: both outcomes are checked
+    assert predicted.tolist() == terminated
+    assert termination_fn(env_id) is rule
+    assert not termination_fn("HalfCheetah-v5")(torch.randn(4, 17)).any()
+    with pytest.raises(OffrlError, match="termination rule"):
+        termination_fn("Ant-v5")
+
+
+# -- the algorithm -----------------------------------------------------------------------------------------
+
+
+def test_model_buffer_keeps_the_newest_rows_in_a_ring():
+    buffer = ModelBuffer(5)
+    rows = lambda start, n: TensorDict(  # noqa: E731
+        {"observation": torch.arange(start, start + n, dtype=torch.float32)[:, None], "action": torch.zeros(n, 1),
+         "next": {"observation": torch.zeros(n, 1), "reward": torch.zeros(n), "terminated": torch.zeros(n, dtype=torch.bool)}},
+        batch_size=[n],
+    )
+    buffer.add(rows(0, 3))
+    buffer.add(rows(3, 4))
+    assert buffer.size == 5
+    assert sorted(buffer.data["observation"].squeeze(-1).tolist()) == [2, 3, 4, 5, 6]
+    restored = ModelBuffer(5)
+    restored.load_state_dict(buffer.state_dict(), torch.device("cpu"))
+    assert sorted(restored.data["observation"].squeeze(-1).tolist()) == [2, 3, 4, 5, 6]
+    assert set(buffer.sample(50)["observation"].squeeze(-1).tolist()) <= {2, 3, 4, 5, 6}
+
+
+def admpo_config(path: Path, dynamics: str = "any_step", max_steps: int = 200, evaluate: bool = True) -> Path:
+    ensemble = dynamics == "ensemble"
+    config = {
+        "model": {
+            "class_path": "offrl.algos.admpo.ModelBasedSAC",
+            "init_args": {
+                "dynamics": dynamics, "max_window": 1 if ensemble else 3, "rollout_horizon": 3, "penalty_coef": 1.0,
+                "model_hidden_dim": 32, "model_gru_layers": 1, "model_residual_blocks": 1,
+                "ensemble_hidden_dims": [32, 32], "ensemble_members": 3, "ensemble_elites": 2,
+                "model_max_epochs": 3, "model_updates_per_epoch": 20, "model_patience": 2,
+                "hidden_dims": [32, 32], "model_rows": 48, "rollout_every": 50, "rollout_batch_size": 64,
+                "retain_rounds": 2, "init_alpha": 0.1,
+            },
+        },
+        "data": {
+            "class_path": "offrl.data.datamodules.TransitionDataModule",
+            "init_args": {"dataset_id": "offrl/mujoco/hopper/random-v0", "generate_steps": 3000, "batch_size": 16,
+                          "steps_per_epoch": 200},
+        },
+        "trainer": {"max_steps": max_steps, "accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 10,
+                    "limit_val_batches": 1 if evaluate else 0},
+        "evaluation": {"num_episodes": 2, "num_envs": 2},
+        "checkpoint": {"every_n_train_steps": 100},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("dynamics, run_name", [("any_step", "admpo_off"), ("ensemble", "mopo")])
+def test_tiny_fit_runs_end_to_end_and_its_critic_loss_falls(tmp_path, dynamics, run_name):
+    result = offrl("fit", "--config", str(admpo_config(tmp_path / "a.yaml", dynamics)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "logs" / run_name / "hopper-random" / "version_0"
+    metrics = scalars(run_dir)
+    critic = metrics["train/critic_loss"]
+    assert len(critic) >= 15 and np.mean(critic[-5:]) < np.mean(critic[:5])
+    assert len(metrics["eval/normalized_score"]) == 1 and len(metrics["model/holdout_mse"]) >= 1
+    assert "rollout/penalty" in metrics
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt")
+    buffer = checkpoint["model_buffer"]
+    assert buffer["data"] is not None and 0 < buffer["size"] <= 64 * 3 * 2
+    assert bool(checkpoint["state_dict"]["dynamics_trained"])
+    if dynamics == "ensemble":
+        return
+    # Resume: the pretrained model and the model buffer come back from the checkpoint; no second pretraining.
+    config = admpo_config(tmp_path / "b.yaml", dynamics, max_steps=260, evaluate=False)
+    result = offrl("fit", "--config", str(config), "--ckpt_path", "last", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pretraining dynamics" not in result.stderr
+    assert len(scalars(run_dir)["model/holdout_mse"]) == len(metrics["model/holdout_mse"])
+    assert len(scalars(run_dir)["train/critic_loss"]) > len(critic)
+
+
+def test_bad_settings_fail_in_one_sentence():
+    from offrl.algos.admpo import ModelBasedSAC
+
+    with pytest.raises(OffrlError, match="penalty_form"):
+        ModelBasedSAC(penalty_form="eq5")
+    with pytest.raises(OffrlError, match="max_window"):
+        ModelBasedSAC(dynamics="ensemble", max_window=3)
+    with pytest.raises(OffrlError, match="ensemble_elites"):
+        ModelBasedSAC(dynamics="ensemble", max_window=1, ensemble_members=3, ensemble_elites=5)
+
+
+PAPER_M_H_BETA = {  # DESIGN.md, from the ADMPO paper
+    "hopper-random": (5, 50, 5), "hopper-medium": (5, 10, 1), "hopper-medium-expert": (2, 20, 20),
+    "halfcheetah-random": (2, 10, 2.5), "halfcheetah-medium": (2, 5, 2.5), "halfcheetah-medium-expert": (2, 50, 10),
+    "walker2d-random": (2, 50, 2.5), "walker2d-medium": (5, 10, 5), "walker2d-medium-expert": (3, 2, 6),
+    "hopper-medium-replay": (5, 5, 0.1), "halfcheetah-medium-replay": (2, 5, 2.5), "walker2d-medium-replay": (5, 5, 0.1),
+}
+
+
+@pytest.mark.parametrize("algorithm", ["admpo_off", "mopo"])
+def test_configs_build_with_the_papers_settings(algorithm):
+    from offrl.algos.admpo import ModelBasedSAC
+
+    root = Path(__file__).parents[1] / "configs" / algorithm
+    assert sorted(p.stem for p in root.glob("*.yaml")) == sorted(PAPER_M_H_BETA)
+    for path in root.glob("*.yaml"):
+        config = yaml.safe_load(path.read_text())
+        module = ModelBasedSAC(**config["model"]["init_args"])
+        hp, data = module.hparams, config["data"]["init_args"]
+        real = data["batch_size"] / (data["batch_size"] + hp.model_rows)
+        assert abs(real - (0.5 if path.stem.endswith(("medium-expert", "medium-replay")) else 0.05)) < 0.01
+        if algorithm == "admpo_off":
+            assert (hp.max_window, hp.rollout_horizon, hp.penalty_coef) == PAPER_M_H_BETA[path.stem]
+        else:
+            assert hp.dynamics == "ensemble" and (hp.ensemble_members, hp.ensemble_elites) == (7, 5)

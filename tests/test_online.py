@@ -1,0 +1,223 @@
+"""Online interaction: the replay buffer holds exactly the env steps taken, in the offline layout, and online SAC
+learns a small task it can solve in seconds."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from offrl.algos.sac import SAC
+from offrl.callbacks.evaluation import EvaluationCallback
+from offrl.callbacks.online import OnlineInteraction
+from offrl.data.replay import ReplayDataModule
+from offrl.envs.factory import make_eval_env
+from offrl.errors import OffrlError
+
+from test_value_policy import trainer
+
+
+class Reach1D(gym.Env):
+    """x in [-2, 2] starts at +-1.5; x' = clip(x + 0.5 a); reward -|x'|. Going to 0 and staying there is optimal."""
+
+    observation_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = np.array([self.np_random.choice([-1.5, 1.5])], dtype=np.float32)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.x = np.clip(self.x + 0.5 * np.asarray(action, dtype=np.float32), -2.0, 2.0).astype(np.float32)
+        return self.x.copy(), float(-abs(self.x[0])), False, False, {}
+
+
+gym.register("OffrlTestReach1D-v0", entry_point=Reach1D, max_episode_steps=20)
+
+
+def test_buffer_holds_exactly_the_env_steps_taken_and_replays_them(in_tmp_dir):
+    L.seed_everything(0)
+    num_envs, warmup, updates = 2, 420, 30  # Pendulum episodes are 200 steps: each env crosses a reset
+    datamodule = ReplayDataModule("Pendulum-v1", batch_size=32, steps_per_epoch=updates, capacity=1000, num_envs=num_envs)
+    interaction = OnlineInteraction(warmup_steps=warmup, updates_per_step=2.0, seed=7)
+    fit = trainer(updates, [interaction])
+    fit.fit(SAC(hidden_dims=[16]), datamodule)
+
+    # 420 warm-up transitions, then one per two updates for updates 1..30, in whole steps of both envs.
+    assert fit.global_step == updates
+    expected = warmup + int(np.ceil(updates / 2))
+    assert datamodule.size == expected + expected % num_envs
+    steps_per_env = datamodule.size // num_envs
+    assert datamodule.filled == steps_per_env
+
+    # Replaying the stored actions in freshly seeded envs reproduces every stored transition.
+    stored = datamodule.transitions
+    rows = [env * datamodule.rows_per_env + torch.arange(steps_per_env) for env in range(num_envs)]
+    env = make_eval_env(datamodule.info, num_envs, 7)
+    state = env.reset()
+    for t in range(steps_per_env):
+        state["action"] = torch.stack([stored["action"][r[t]] for r in rows])
+        step, state = env.step_and_maybe_reset(state)
+        for e, r in enumerate(rows):
+            assert torch.allclose(stored["observation"][r[t]], step["observation"][e].float())
+            assert torch.allclose(stored["next", "observation"][r[t]], step["next", "observation"][e].float())
+            assert torch.isclose(stored["next", "reward"][r[t]], step["next", "reward"][e, 0].float())
+            assert stored["next", "truncated"][r[t]] == step["next", "truncated"][e, 0]
+    env.close()
+
+    # The offline layout: episode ids, steps within the episode, and episode_last (also of the running episode).
+    for e, r in enumerate(rows):
+        assert stored["step"][r].tolist() == list(range(200)) + list(range(steps_per_env - 200))
+        assert (stored["episode_last"][r[:200]] == r[199]).all() and (stored["episode_last"][r[200:]] == r[-1]).all()
+        assert stored["next", "done"][r].nonzero().flatten().tolist() == [199]
+        assert stored["episode"][r[0]] != stored["episode"][r[200]]
+    assert len(set(stored["episode"][torch.cat(rows)].tolist())) == 4
+
+    # Batches come from the filled rows only.
+    batch = datamodule.sample(4096)
+    assert batch["observation"].abs().sum(-1).min() > 0 and (batch["episode_last"] >= 0).all()
+    assert set(torch.unique(batch["step"]).tolist()) <= set(stored["step"][torch.cat(rows)].tolist())
+
+
+def test_sac_learns_a_small_reach_task_online(in_tmp_dir):
+    L.seed_everything(0)
+    datamodule = ReplayDataModule("OffrlTestReach1D-v0", batch_size=128, steps_per_epoch=500, capacity=5000)
+    evaluation = EvaluationCallback(num_episodes=10, num_envs=10, seed=1)
+    model = SAC(hidden_dims=[32, 32], actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3, discount=0.9)
+    fit = trainer(500, [OnlineInteraction(warmup_steps=200, updates_per_step=1.0, seed=0), evaluation])
+    fit.fit(model, datamodule)
+    learned = fit.callback_metrics["eval/return"].item()
+
+    # A uniformly random policy on the same evaluation episodes.
+    env = make_eval_env(datamodule.info, 10, 1)
+    rollout = env.rollout(20, break_when_any_done=False)
+    random_return = rollout["next", "reward"].sum(1).mean().item()
+    env.close()
+    # Walking straight to 0 scores about -3.75; standing still -30; random actions about -25.
+    assert learned > -8.0 and learned > random_return + 10, (learned, random_return)
+
+
+def test_sac_without_interaction_says_what_to_add(in_tmp_dir):
+    datamodule = ReplayDataModule("Pendulum-v1", batch_size=8, steps_per_epoch=2, capacity=100)
+    with pytest.raises(OffrlError, match="OnlineInteraction"):
+        trainer(1, []).fit(SAC(hidden_dims=[8]), datamodule)
+
+
+def test_a_full_buffer_and_bad_settings_fail_in_one_sentence(in_tmp_dir):
+    with pytest.raises(OffrlError, match="capacity"):
+        trainer(5, [OnlineInteraction(warmup_steps=200)]).fit(
+            SAC(hidden_dims=[8]), ReplayDataModule("Pendulum-v1", batch_size=8, capacity=100)
+        )
+    with pytest.raises(OffrlError, match="not a registered Gymnasium env"):
+        trainer(1, [OnlineInteraction()]).fit(SAC(hidden_dims=[8]), ReplayDataModule("NoSuchEnv-v0"))
+    from offrl.algos.bc import BC
+
+    with pytest.raises(OffrlError, match="cannot act online"):
+        trainer(1, [OnlineInteraction()]).fit(BC(hidden_dims=[8]), ReplayDataModule("Pendulum-v1"))
+    with pytest.raises(OffrlError, match="updates_per_step"):
+        OnlineInteraction(updates_per_step=0)
+
+
+def test_shipped_hopper_config_runs_online_from_the_command_line(in_tmp_dir):
+    from pathlib import Path
+
+    from test_cli import scalars
+
+    from offrl.cli import main
+
+    config = Path(__file__).parents[1] / "configs" / "sac" / "hopper.yaml"
+    main([
+        "fit", "--config", str(config), "--trainer.max_steps", "40", "--trainer.log_every_n_steps", "10",
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--data.steps_per_epoch", "40",
+        "--trainer.callbacks.warmup_steps", "100", "--model.hidden_dims", "[16]",
+        "--evaluation.num_episodes", "1", "--evaluation.num_envs", "1",
+    ])
+    metrics = scalars(in_tmp_dir / "logs" / "sac" / "Hopper" / "version_0")
+    # After the 40th and last update: 100 warm-up steps plus one env step per update.
+    assert metrics["train/env_steps"][-1] == 100 + 40
+    assert {"train/critic_loss", "train/alpha", "eval/return", "eval/normalized_score"} <= set(metrics)
+
+
+def test_medium_replay_is_the_sac_replay_buffer_and_stops_at_the_target(in_tmp_dir, monkeypatch):
+    from offrl.data import registry
+    from offrl.data.generators import medium_replay
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(in_tmp_dir / "store"))
+    registry.generate("offrl/mujoco/hopper/medium-replay-v0", steps=300, seed=0)
+    transitions, info = registry.load("offrl/mujoco/hopper/medium-replay-v0")
+    assert transitions.batch_size[0] == 300  # a tiny run never reaches medium, so the whole budget is kept
+    assert info.metadata["env_steps"] == 300 and info.metadata["reached_target"] is False
+    assert info.metadata["target_normalized_score"] == medium_replay.MEDIUM_LEVEL["hopper"]
+    # Episodes are whole env trajectories: each step starts where the previous one ended.
+    inside = torch.arange(299)[transitions["episode_last"][:-1] > torch.arange(299)]
+    assert torch.equal(transitions["observation"][inside + 1], transitions["next", "observation"][inside])
+    assert transitions["next", "done"][transitions["episode_last"].unique()].all()
+
+    # With a target any policy meets, the run stops at its first evaluation: 200 warm-up steps, 50 updates, and the
+    # env step taken for update 51 before the evaluation.
+    replay, facts = medium_replay.collect_replay(
+        "Hopper-v5", 400, target_score=-1000.0, seed=0, progress=lambda n: None, eval_every=50, eval_episodes=2
+    )
+    assert facts["reached_target"] and replay.size == 251
+
+
+def test_admpo_online_retrains_on_the_data_so_far_on_schedule_with_a_ramped_horizon(in_tmp_dir, monkeypatch):
+    from offrl.algos.admpo import OnlineModelBasedSAC
+
+    L.seed_everything(0)
+    rounds = []  # (env steps, horizon, stored transitions) of every roll-out round
+    record = OnlineModelBasedSAC.rollout_round
+
+    def recording_round(self, transitions, starts, horizon):
+        rounds.append((self.datamodule.size, horizon, transitions.batch_size[0]))
+        # Roll-outs start from windows of real data inside one episode of the compact stored layout.
+        last = transitions["episode_last"]
+        assert (starts + 2 <= last[starts]).all() and torch.equal(last[last], last)
+        record(self, transitions, starts, horizon)
+
+    monkeypatch.setattr(OnlineModelBasedSAC, "rollout_round", recording_round)
+    model = OnlineModelBasedSAC(
+        max_window=3, model_every=50, rollout_horizon=5, min_rollout_horizon=1, horizon_ramp_start=100,
+        horizon_ramp_end=200, penalty_coef=0.0, model_hidden_dim=16, model_gru_layers=1, model_residual_blocks=1,
+        model_max_epochs=2, model_updates_per_epoch=5, hidden_dims=[16], model_rows=24, rollout_batch_size=16,
+        retain_rounds=2,
+    )
+    datamodule = ReplayDataModule("Hopper-v5", batch_size=8, steps_per_epoch=240, capacity=1000, num_envs=2)
+    fit = trainer(240, [OnlineInteraction(warmup_steps=100, updates_per_step=2.0, seed=0)])
+    fit.fit(model, datamodule)
+
+    # Env steps before update u: 100 + ceil(u / 2), rounded up to both envs; a round whenever 50 have been added.
+    assert [(steps, horizon) for steps, horizon, _ in rounds] == [(102, 1), (152, 3), (202, 5)]
+    assert all(stored == steps for steps, _, stored in rounds)  # the model trains on all the data so far
+    assert datamodule.size == 220
+    # The model's input statistics are those of the data at the last round: 101 steps of each env.
+    stored = datamodule.stored()["observation"]
+    at_last_round = torch.cat([stored[:101], stored[110:211]])
+    assert torch.allclose(model.dynamics.obs_normalizer.mean, at_last_round.mean(0), atol=1e-5)
+    assert not torch.allclose(model.dynamics.obs_normalizer.mean, stored.mean(0), atol=1e-5)
+    assert 0 < model.model_buffer.size <= 2 * 16 * 5
+
+
+def test_shipped_admpo_online_config_runs_from_the_command_line(in_tmp_dir):
+    from pathlib import Path
+
+    from test_cli import scalars
+
+    from offrl.cli import main
+
+    config = Path(__file__).parents[1] / "configs" / "admpo_on" / "hopper.yaml"
+    main([
+        "fit", "--config", str(config), "--trainer.max_steps", "60", "--trainer.log_every_n_steps", "20",
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--data.steps_per_epoch", "60",
+        "--trainer.callbacks.warmup_steps", "100", "--model.hidden_dims", "[16]", "--model.model_hidden_dim", "8",
+        "--model.model_gru_layers", "1", "--model.model_residual_blocks", "1", "--model.model_updates_per_epoch", "2",
+        "--model.model_max_epochs", "1", "--model.rollout_batch_size", "8", "--model.model_every", "2",
+        "--evaluation.num_episodes", "1", "--evaluation.num_envs", "1",
+    ])
+    metrics = scalars(in_tmp_dir / "logs" / "admpo_on" / "Hopper" / "version_0")
+    assert metrics["train/env_steps"][-1] == 100 + 60 / 20  # UTD 20
+    assert metrics["rollout/horizon"][-1] == 1  # far before the ramp starts at 20k env steps
+    assert {"train/critic_loss", "model/holdout_mse", "eval/return"} <= set(metrics)
