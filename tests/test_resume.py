@@ -42,6 +42,18 @@ ALGORITHMS = {
         {"class_path": "offrl.data.datamodules.SkipStepDataModule", "init_args": {"scales": [2, 4]}},
         60,  # (depth 2 + 1) stages x 20: the stop lands in the second stage, the cosine schedule restarts at 40
     ),
+    "admpo_off": (
+        {
+            "class_path": "offrl.algos.admpo.ModelBasedSAC",
+            "init_args": {
+                "max_window": 2, "rollout_horizon": 2, "model_hidden_dim": 8, "model_gru_layers": 1, "model_residual_blocks": 1,
+                "model_max_epochs": 2, "model_updates_per_epoch": 5, "hidden_dims": [16, 16], "model_rows": 16,
+                "rollout_every": 20, "rollout_batch_size": 32, "retain_rounds": 2,
+            },
+        },
+        {"class_path": "offrl.data.datamodules.TransitionDataModule"},
+        60,  # roll-outs at 0, 20 and 40: the stop at 37 lands between two, with a model buffer to restore
+    ),
 }
 
 
