@@ -73,9 +73,11 @@ class TransitionDataModule(L.LightningDataModule):
         self.dataset_id = dataset_id
         self.batch_size = batch_size
         self.steps_per_epoch = steps_per_epoch
+        self.updates_per_step = 1  # batches handed to each training step (set by the UpdateLoop callback)
         self.seed = seed
         self.env_id = env_id
         self.transitions: TensorDict | None = None
+        self._resident = False  # transitions copied to the training device
         self.info: DatasetInfo | None = None
         self.generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None  # restored before the device is known
@@ -110,9 +112,7 @@ class TransitionDataModule(L.LightningDataModule):
     # -- sampling ----------------------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        # Its own generator: each epoch's iterator would otherwise draw from the global RNG, which a resumed
-        # run (one iterator at resume) and an uninterrupted one (one per epoch) would then consume differently.
-        return DataLoader(StepCounter(self.steps_per_epoch), batch_size=None, generator=torch.Generator())
+        return DataLoader(StepCounter(self.steps_per_epoch // self.updates_per_step), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         # Evaluation is environment roll-outs (EvaluationCallback); the loop needs one placeholder batch.
@@ -121,8 +121,10 @@ class TransitionDataModule(L.LightningDataModule):
     test_dataloader = val_dataloader
 
     def _device_setup(self, device: torch.device) -> None:
-        if self.transitions.device != device:
-            self.transitions = self.transitions.to(device)
+        if self.transitions.device != device or not self._resident:
+            # On the CPU too a plain in-memory copy: memory-mapped tensors index through a slow Python override.
+            self.transitions = self.transitions.to(device) if self.transitions.device != device else self.transitions.clone()
+            self._resident = True
         if self.generator is None or self.generator.device != device:
             rank = self.trainer.global_rank if self.trainer is not None else 0
             self.generator = torch.Generator(device=device)
@@ -136,7 +138,9 @@ class TransitionDataModule(L.LightningDataModule):
             return batch
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self._device_setup(device)
-        return self.sample(self.batch_size)
+        if self.updates_per_step == 1:
+            return self.sample(self.batch_size)
+        return [self.sample(self.batch_size) for _ in range(self.updates_per_step)]
 
     def random_indices(self, size: int, high: int | torch.Tensor) -> torch.Tensor:
         """Uniform integers in [0, high) on the device (high may be a tensor of per-row bounds)."""
