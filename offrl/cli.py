@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from offrl.algos.base import OfflineAlgorithm
 from offrl.callbacks.evaluation import EvaluationCallback
+from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
 from offrl.callbacks.throughput import UpdateLoop, UpdateThroughput
 from offrl.data.datamodules import TransitionDataModule
 from offrl.errors import OffrlError
@@ -46,6 +47,7 @@ class OffrlCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(UpdateThroughput, "throughput")
         parser.add_lightning_class_args(UpdateLoop, "performance")
+        parser.add_lightning_class_args(FiniteLosses, "finite_losses")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -83,6 +85,7 @@ def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [StopCheckpoint()]},
         args=args,
         run=run,
         auto_configure_optimizers=False,
@@ -120,6 +123,8 @@ def data_main(args: list[str]) -> None:
             for dataset_id in others:
                 print(f"    {dataset_id}")
     elif parsed.command == "info":
+        if parsed.dataset_id in registry.RECIPES and not registry.minari_io.dataset_path(parsed.dataset_id).exists():
+            raise OffrlError(f"dataset {parsed.dataset_id} is not in the local store yet; make it with `offrl data generate {parsed.dataset_id}`")
         transitions, dataset_info = registry.load(parsed.dataset_id, generate_steps=None)
         print(f"id:            {dataset_info.dataset_id}")
         print(f"episodes:      {dataset_info.num_episodes}")

@@ -48,6 +48,18 @@ def read_d4rl_arrays(path: Path) -> dict[str, np.ndarray]:
                 )
     if length == 0:
         raise OffrlError(f"{path} holds no transitions")
+    for key in ("observations", "actions", "next_observations", "infos/goal"):
+        if key in arrays and arrays[key].ndim != 2:
+            raise OffrlError(f"{path}: {key} has shape {arrays[key].shape} but D4RL stores it as [rows, dim]")
+    if "next_observations" in arrays and arrays["next_observations"].shape != arrays["observations"].shape:
+        raise OffrlError(
+            f"{path}: next_observations has shape {arrays['next_observations'].shape} but observations has "
+            f"{arrays['observations'].shape}"
+        )
+    for key in ("rewards", "terminals", "timeouts"):
+        if arrays[key].size != length:
+            raise OffrlError(f"{path}: {key} has shape {arrays[key].shape} but D4RL stores one value per row ({length} rows)")
+        arrays[key] = arrays[key].reshape(length)
     return arrays
 
 

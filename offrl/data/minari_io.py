@@ -90,17 +90,40 @@ def dataset_path(dataset_id: str) -> Path:
     return datasets_root() / dataset_id
 
 
+TMP_PREFIX = ".offrl-tmp-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_abandoned_writes(root: Path) -> None:
+    """Delete the temporary stores of dataset writes whose process died (a SIGKILL skips their clean-up)."""
+    for folder in root.glob(f"{TMP_PREFIX}*"):
+        pid = folder.name[len(TMP_PREFIX):].split("-")[0]
+        if not pid.isdigit() or not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def write_dataset(dataset_id: str, generated: GeneratedDataset) -> Path:
     """Write a Minari dataset atomically: build it in a temporary store beside the real one, then rename.
 
-    A killed process leaves at most a `.offrl-tmp-*` folder, never a half dataset under the real id.
+    A killed process leaves at most a `.offrl-tmp-<pid>-*` folder, never a half dataset under the real id; the
+    next write removes the folders of processes that are gone.
     """
     root = datasets_root()
     root.mkdir(parents=True, exist_ok=True)
     final = dataset_path(dataset_id)
     if final.exists():
         raise OffrlError(f"dataset {dataset_id} already exists at {final}; delete that folder to regenerate it")
-    tmp_root = Path(tempfile.mkdtemp(prefix=".offrl-tmp-", dir=root))
+    remove_abandoned_writes(root)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=root))
     try:
         with _minari_root(tmp_root):
             created = minari.create_dataset_from_buffers(
@@ -203,15 +226,42 @@ def iterate_episode_arrays(dataset: minari.MinariDataset) -> Iterator[EpisodeArr
         return
     with h5py.File(main_file, "r") as f:
         for episode_id in dataset.episode_indices:
-            group = f[f"episode_{episode_id}"]
-            yield EpisodeArrays(
-                int(episode_id),
-                _read_group(group["observations"]),
-                _read_group(group["actions"]),
-                group["rewards"][()],
-                group["terminations"][()],
-                group["truncations"][()],
+            try:
+                group = f[f"episode_{episode_id}"]
+                arrays = [_read_group(group[key]) for key in ("observations", "actions", "rewards", "terminations", "truncations")]
+            except KeyError as err:
+                raise OffrlError(
+                    f"{main_file} lacks part of episode {episode_id} ({err}); the dataset is damaged, so generate or download it again"
+                ) from None
+            yield EpisodeArrays(int(episode_id), *arrays)
+
+
+def _checked_episode(episode: EpisodeArrays, dataset_id: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """(observations by key [T+1, d], actions [T, a], per-step columns [T]) of one episode, or one sentence why not."""
+    where = f"episode {episode.id} of {dataset_id}"
+    try:
+        observations = _stack_observations(episode.observations)
+        actions = np.asarray(episode.actions, dtype=np.float32)
+        steps = {
+            "reward": np.asarray(episode.rewards, dtype=np.float32),
+            "terminated": np.asarray(episode.terminations).astype(bool),
+            "truncated": np.asarray(episode.truncations).astype(bool),
+        }
+    except (TypeError, ValueError) as err:
+        raise OffrlError(f"{where} holds values that are not numbers ({err}); the dataset is damaged") from None
+    length = len(actions) if actions.ndim else 0
+    actions = actions.reshape(length, -1) if length else actions.reshape(0, 0)
+    for key, array in observations.items():
+        if array.ndim != 2 or len(array) != length + 1:
+            raise OffrlError(
+                f"{where} has {key} of shape {array.shape} for {length} actions; an episode stores [steps + 1, dim] "
+                "observations (flatten image or nested observations first)"
             )
+    for key, array in steps.items():
+        if array.size != length or array.ndim > 2:
+            raise OffrlError(f"{where} has {key}s of shape {array.shape} for {length} actions; it needs one per step")
+        steps[key] = array.reshape(length)
+    return observations, actions, steps
 
 
 def episodes_to_tensordict(episodes: Iterable[EpisodeArrays], dataset_id: str) -> TensorDict:
@@ -222,22 +272,26 @@ def episodes_to_tensordict(episodes: Iterable[EpisodeArrays], dataset_id: str) -
         columns.setdefault(key, []).append(value)
 
     start = 0
+    widths: dict[str, int] = {}
     for episode in episodes:
-        length = len(episode.actions)
+        observations, actions, steps = _checked_episode(episode, dataset_id)
+        length = len(actions)
         if length == 0:
             continue
-        observations = _stack_observations(episode.observations)
-        actions = np.asarray(episode.actions, dtype=np.float32).reshape(length, -1)
-        rewards = np.asarray(episode.rewards, dtype=np.float32)
-        for name, array in [("actions", actions), ("rewards", rewards), *observations.items()]:
+        for name, array in [("actions", actions), ("rewards", steps["reward"]), *observations.items()]:
             _check_finite(name, array, episode.id)
+        for key, array in [("action", actions), *observations.items()]:
+            if widths.setdefault(key, array.shape[1]) != array.shape[1]:
+                raise OffrlError(
+                    f"episode {episode.id} of {dataset_id} has {key} of width {array.shape[1]} but earlier episodes have "
+                    f"{widths[key]}; every episode needs the same spaces"
+                )
         for key, array in observations.items():
             add(key, array[:-1])
             add(f"next_{key}", array[1:])
         add("action", actions)
-        add("reward", rewards)
-        add("terminated", np.asarray(episode.terminations, dtype=bool))
-        add("truncated", np.asarray(episode.truncations, dtype=bool))
+        for key, array in steps.items():
+            add(key, array)
         add("episode", np.full(length, episode.id, dtype=np.int64))
         add("step", np.arange(length, dtype=np.int64))
         add("episode_last", np.full(length, start + length - 1, dtype=np.int64))

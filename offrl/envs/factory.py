@@ -30,7 +30,7 @@ def make_eval_env(info: DatasetInfo, num_envs: int, seed: int, parallel: bool = 
     if spec is None:
         raise OffrlError(
             f"dataset {info.dataset_id} recorded no environment, so it cannot be evaluated; "
-            "pass --data.env_id GYM_ENV_ID (training works without one when evaluation is off)"
+            "pass --data.env_id GYM_ENV_ID, or train without evaluation with --trainer.limit_val_batches 0"
         )
     _register_robotics_envs()
     try:

@@ -1,0 +1,143 @@
+"""Bad input through the `offrl` command: a non-zero exit, one sentence, no traceback, and nothing already written lost.
+
+(Unknown ids, NaN rows, missing/corrupt HDF5, unknown keys, negative lr and foreign checkpoints: tests/test_cli.py,
+tests/test_data.py, tests/test_d4rl_import.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import h5py
+import minari
+import numpy as np
+import pytest
+import yaml
+
+from conftest import random_episodes, write_synthetic
+from offrl.cli import main
+from offrl.data import minari_io, registry
+
+DATASET = "test/errors/hopper-v0"
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    write_synthetic(DATASET, [30] * 6)
+    return DATASET
+
+
+def config(path: Path, dataset_id: str, model: dict | None = None, data: dict | None = None) -> Path:
+    model = model or {"class_path": "offrl.algos.bc.BC", "init_args": {"hidden_dims": [8]}}
+    data = data or {"class_path": "offrl.data.datamodules.TransitionDataModule"}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": model,
+                "data": {
+                    "class_path": data["class_path"],
+                    "init_args": {"dataset_id": dataset_id, "batch_size": 16, "steps_per_epoch": 10, **data.get("init_args", {})},
+                },
+                "trainer": {"max_steps": 10, "accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 5},
+                "evaluation": {"num_episodes": 1, "num_envs": 1},
+            }
+        )
+    )
+    return path
+
+
+def offrl(*args: str) -> int:
+    try:
+        main(list(args))
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def refused(capsys, *args: str) -> str:
+    """Runs the command, which must exit 1 with one `offrl: error:` line; returns that line."""
+    assert offrl(*args) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("offrl: error:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_dataset_without_env_spec_trains_and_asks_for_an_env_to_evaluate(in_tmp_dir, capsys):
+    space = gym.spaces.Box(-np.inf, np.inf, (11,), np.float32)
+    minari.create_dataset_from_buffers(
+        "test/errors/noenv-v0", random_episodes([30] * 4, 11, 3), env=None, observation_space=space,
+        action_space=gym.spaces.Box(-1, 1, (3,), np.float32), algorithm_name="test",
+    )
+    path = str(config(in_tmp_dir / "noenv.yaml", "test/errors/noenv-v0"))
+    message = refused(capsys, "fit", "--config", path)
+    assert "recorded no environment" in message and "--data.env_id GYM_ENV_ID" in message
+    assert not list(in_tmp_dir.glob("logs/*/*/*/checkpoints/*.ckpt"))  # refused before any update, not an epoch later
+    assert offrl("fit", "--config", path, "--trainer.limit_val_batches", "0") == 0
+    assert offrl("fit", "--config", path, "--data.env_id", "Hopper-v5") == 0
+    assert len(list(in_tmp_dir.glob("logs/bc/errors-noenv/version_*/checkpoints/last.ckpt"))) == 2
+
+
+def test_empty_dataset_is_refused(in_tmp_dir, capsys):
+    write_synthetic("test/errors/empty-v0", [2])
+    with h5py.File(minari_io.dataset_path("test/errors/empty-v0") / "data" / "main_data.hdf5", "r+") as f:
+        episode = f["episode_0"]
+        first_observation = episode["observations"][:1]
+        del episode["observations"]
+        episode["observations"] = first_observation  # an episode of no steps: its first observation only
+        for key, shape in (("actions", (0, 3)), ("rewards", (0,)), ("terminations", (0,)), ("truncations", (0,))):
+            dtype = episode[key].dtype
+            del episode[key]
+            episode[key] = np.zeros(shape, dtype)
+    message = refused(capsys, "fit", "--config", str(config(in_tmp_dir / "empty.yaml", "test/errors/empty-v0")))
+    assert "test/errors/empty-v0 holds no transitions" in message
+    with h5py.File(in_tmp_dir / "empty.hdf5", "w") as f:
+        for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
+            f[key] = np.zeros((0, 11) if key == "observations" else (0,))
+    message = refused(capsys, "data", "import-d4rl", str(in_tmp_dir / "empty.hdf5"), "--id", "test/errors/emptyfile-v0", "--env", "Hopper-v5")
+    assert "holds no transitions" in message
+    assert not minari_io.dataset_path("test/errors/emptyfile-v0").exists()
+
+
+def test_out_of_range_values_are_refused_through_the_cli(dataset, in_tmp_dir, capsys):
+    value_policy = {"class_path": "offrl.algos.value_policy.ValuePolicy", "init_args": {"hidden_dims": [8]}}
+    path = str(config(in_tmp_dir / "iql.yaml", dataset, model=value_policy))
+    for expectile in ("1.5", "0", "-0.2"):
+        message = refused(capsys, "fit", "--config", path, "--model.init_args.expectile", expectile)
+        assert f"model.expectile must lie in (0, 1), got {float(expectile)}" in message
+    rsp = {"class_path": "offrl.algos.rsp.RSP", "init_args": {"hidden_dims": [8], "steps_per_stage": 5, "target_return": 50}}
+    path = str(config(in_tmp_dir / "rsp.yaml", dataset, model=rsp, data={"class_path": "offrl.data.datamodules.SkipStepDataModule"}))
+    for scales in ("[32, 16]", "[8, 8]"):
+        message = refused(capsys, "fit", "--config", path, "--data.init_args.scales", scales)
+        assert f"data.scales must be a non-empty list of strictly increasing positive integers, got {yaml.safe_load(scales)}" in message
+    assert not (in_tmp_dir / "logs").exists()
+
+
+def test_a_generation_killed_halfway_leaves_nothing_and_the_next_run_regenerates(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "store"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
+    dataset_id = "offrl/pointmaze/umaze-v0"
+    # A real SIGKILL in the middle of the write: Minari's files are in the temporary store, not yet renamed.
+    killed_mid_write = (
+        "import os, signal\n"
+        "from offrl.data import minari_io\n"
+        "minari_io.write_cache = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from offrl.cli import main\n"
+        f"main(['data', 'generate', '{dataset_id}', '--steps', '300'])\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-c", killed_mid_write], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    leftovers = list(store.glob(".offrl-tmp-*"))
+    assert leftovers and list(leftovers[0].rglob("main_data.hdf5"))  # it did die halfway through the write
+    assert not minari_io.dataset_path(dataset_id).exists() and dataset_id not in registry.local_ids()
+    assert "is not in the local store yet" in refused(capsys, "data", "info", dataset_id)
+
+    assert offrl("data", "generate", dataset_id, "--steps", "300") == 0
+    transitions, info = registry.load(dataset_id, generate_steps=None)
+    assert transitions.batch_size[0] == 300 and info.is_goal_conditioned
+    assert not list(store.glob(".offrl-tmp-*"))  # the dead write's folder is gone
