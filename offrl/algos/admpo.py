@@ -424,6 +424,7 @@ class ModelBasedSAC(OfflineAlgorithm):
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["model_buffer"] = self.model_buffer.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

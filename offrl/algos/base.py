@@ -202,7 +202,7 @@ class OfflineAlgorithm(L.LightningModule):
         """Sum the losses on the device (no host sync); `log_losses` logs their window means."""
         stacked = torch.stack(list(losses.values()))
         window = self._loss_window
-        window["sums"] = stacked if window["count"] == 0 else window["sums"] + stacked
+        window["sums"] = stacked if window["count"] == 0 else window["sums"].to(stacked.device) + stacked  # restored on the CPU
         window["count"] += 1
         window["names"] = list(losses)
 
@@ -223,7 +223,13 @@ class OfflineAlgorithm(L.LightningModule):
     def test_step(self, batch, batch_idx) -> None:
         """Evaluation is environment roll-outs, run by EvaluationCallback."""
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The open logging window is training state: a resumed run logs the same window means.
+        checkpoint["loss_window"] = dict(self._loss_window)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "loss_window" in checkpoint:
+            self._loss_window = dict(checkpoint["loss_window"])
         # A checkpoint from another dataset fails here in one sentence instead of a size-mismatch traceback.
         own = self.state_dict()
         for name, tensor in checkpoint["state_dict"].items():

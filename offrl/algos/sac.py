@@ -199,7 +199,7 @@ class SAC(OfflineAlgorithm):
     def configure_optimizers(self):
         groups = self.agent.parameter_groups()
         learning_rates = {"critic": self.hparams.critic_lr, "alpha": self.hparams.alpha_lr, "actor": self.hparams.actor_lr}
-        # The actor's optimiser comes last: the one stepped through Lightning (OfflineAlgorithm.step_optimizers).
+        # One optimiser per network; OfflineAlgorithm.step_optimizers steps them all after one backward.
         return [torch.optim.Adam(groups[name], lr=lr) for name, lr in learning_rates.items() if groups[name]]
 
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
