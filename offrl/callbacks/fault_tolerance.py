@@ -139,11 +139,23 @@ class StopCheckpoint(L.Callback):
                 flush()
 
 
+def returned_losses(outputs: Any) -> dict[str, torch.Tensor]:
+    """The losses a training step returned, by metric name: OfflineAlgorithm.update's {name: loss} as train/<name>,
+    or an automatic-optimisation step's single loss; none for steps that return nothing."""
+    if isinstance(outputs, torch.Tensor):
+        return {"the training loss": outputs}
+    if not isinstance(outputs, dict):
+        return {}
+    if isinstance(outputs.get("loss"), torch.Tensor):
+        return {"the training loss": outputs["loss"]}
+    return {f"train/{name}": loss for name, loss in outputs.items() if isinstance(loss, torch.Tensor)}
+
+
 class FiniteLosses(L.Callback):
     """Stop at a non-finite `train/*` loss, naming it and the update step.
 
-    Each update folds `isfinite` of the step's returned loss into a device tensor (no host sync; manual-optimisation
-    modules return none). The logged `train/*` values are read at the logging interval, where Lightning syncs
+    Each update folds `isfinite` of the step's returned losses into device tensors (no host sync; modules that write
+    their own training step may return none). The logged `train/*` values are read at the logging interval, where Lightning syncs
     anyway to write the scalars, and before every checkpoint save, so a checkpoint never holds a state that came
     after a non-finite loss. (`trainer.callback_metrics` is not read every step: it converts progress-bar metrics
     to Python numbers, a host sync.)
@@ -158,26 +170,35 @@ class FiniteLosses(L.Callback):
             raise OffrlError(f"finite_losses.check_every_n_steps must be a positive integer, got {check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
         self.first_bad_step: torch.Tensor | None = None  # the first update whose returned loss was non-finite, else -1
+        self.bad_losses: torch.Tensor | None = None  # flags per returned loss at that update
+        self.loss_names: list[str] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # the update just made
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            if self.first_bad_step is None:
-                self.first_bad_step = torch.tensor(-1, device=loss.device)
-            bad = ~torch.isfinite(loss.detach()).all() & (self.first_bad_step < 0)
-            self.first_bad_step = torch.where(bad, step, self.first_bad_step)
+        losses = returned_losses(outputs)
+        if losses:
+            flags = torch.stack([~torch.isfinite(loss.detach()).all() for loss in losses.values()])
+            if self.first_bad_step is None or self.loss_names != list(losses):
+                self.first_bad_step = torch.tensor(-1, device=flags.device)
+                self.bad_losses = torch.zeros_like(flags)
+                self.loss_names = list(losses)
+            new = flags.any() & (self.first_bad_step < 0)
+            self.first_bad_step = torch.where(new, step, self.first_bad_step)
+            self.bad_losses = torch.where(new, flags, self.bad_losses)  # which losses, at that first update
         every = self.check_every_n_steps or trainer.log_every_n_steps or 1
         if step % every == 0:
             self.check(trainer)
 
     def check(self, trainer: L.Trainer) -> None:
         first = -1 if self.first_bad_step is None else int(self.first_bad_step)
-        bad = [
-            name
-            for name, value in trainer.callback_metrics.items()
-            if name.startswith("train/") and isinstance(value, torch.Tensor) and not torch.isfinite(value).all()
-        ]
+        if first >= 0:
+            bad = [name for name, flag in zip(self.loss_names, self.bad_losses.tolist()) if flag]
+        else:
+            bad = [
+                name
+                for name, value in trainer.callback_metrics.items()
+                if name.startswith("train/") and isinstance(value, torch.Tensor) and not torch.isfinite(value).all()
+            ]
         if first < 0 and not bad:
             return
         when = f"at update {first}" if first >= 0 else f"by update {trainer.global_step}"
