@@ -9,7 +9,8 @@ CLI, then evaluates the same trained networks three times: as trained, with OPEX
 ttt.yaml of the same folder). A data-scaling matrix trains IQL with AWR and DDPG+BC on the first {0.1, 1.0} of the
 episodes for the value and, independently, for the policy (--fractions). Missing datasets are generated first at
 --dataset-steps steps (seed 0) into MINARI_DATASETS_PATH; an existing dataset is used as it is and its size reported.
-Runs go to --jobs processes (one torch thread each on CPU). Writes benchmarks/results/value_extraction.md; the last
+Runs go to --jobs processes (one torch thread each on CPU); each finished run is appended to <output>.runs.jsonl
+at once, and --resume trains only the runs not yet there. Writes benchmarks/results/value_extraction.md; the last
 stdout line is one JSON object with every number. Scores: success rate (0-1) on PointMaze, D4RL normalised return
 (x100) on MuJoCo.
 """
@@ -151,6 +152,33 @@ def run_parallel(function, items: list, jobs: int) -> list:
         return pool.map(function, items, chunksize=1)
 
 
+RUN_KEYS = ("dataset", "value", "extraction", "seed", "value_fraction", "policy_fraction")
+
+
+def run_key(run: dict) -> tuple:
+    return tuple(run[key] for key in RUN_KEYS)
+
+
+def train_all(specs: list[dict], jobs: int, runs_log: Path) -> list[dict]:
+    """Every spec's run, appending each finished run to `runs_log` as one JSON line the moment it ends, so a run
+    cut short (a time limit) keeps what it finished and `--resume` trains only the rest."""
+    done = [json.loads(line) for line in runs_log.read_text().splitlines()] if runs_log.is_file() else []
+    finished = {run_key(run) for run in done}
+    todo = [spec for spec in specs if run_key(spec) not in finished]
+    runs_log.parent.mkdir(parents=True, exist_ok=True)
+    with runs_log.open("a") as log:
+        pool = multiprocessing.get_context("spawn").Pool(jobs) if jobs > 1 else None
+        results = pool.imap_unordered(train_and_evaluate, todo) if pool else map(train_and_evaluate, todo)
+        for run in results:
+            log.write(json.dumps(run) + "\n")
+            log.flush()
+            done.append(run)
+        if pool:
+            pool.close()
+    wanted = {run_key(spec) for spec in specs}
+    return [run for run in done if run_key(run) in wanted]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke budget: tiny nets (quick.yaml), few updates")
@@ -168,6 +196,10 @@ def main() -> None:
     parser.add_argument("--extractions", nargs="+", choices=EXTRACTIONS, default=list(EXTRACTIONS))
     parser.add_argument("--layer", type=Path, nargs="*", default=[], help="config files layered on every run (e.g. a smaller budget)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="keep the runs already in OUTPUT's .runs.jsonl (one JSON line per finished run) and train only the rest",
+    )
     args = parser.parse_args()
     updates = args.updates or (30 if args.quick else 100_000)
     dataset_steps = args.dataset_steps or (3000 if args.quick else 200_000)
@@ -198,7 +230,10 @@ def main() -> None:
         for value_fraction, policy_fraction in scaling_cells
         for seed in args.seeds
     ]
-    runs = run_parallel(train_and_evaluate, specs, args.jobs)
+    runs_log = args.output.with_suffix(".runs.jsonl")
+    if not args.resume:
+        runs_log.unlink(missing_ok=True)
+    runs = train_all(specs, args.jobs, runs_log)
     wall_seconds = time.perf_counter() - started
 
     def scores(dataset, value, extraction, mode="plain", value_fraction=1.0, policy_fraction=1.0):

@@ -36,3 +36,17 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
     assert "| crl | n/a (goal tasks only)" in markdown
     assert f"| iql+ddpgbc | {run['scores']['plain']:.2f} ± 0.00 | {run['scores']['opex']:.2f} ± 0.00 |" in markdown
     assert "30 updates per run" in markdown
+    # Each finished run was logged the moment it ended, and --resume reuses it instead of training again.
+    (logged,) = [json.loads(line) for line in output.with_suffix(".runs.jsonl").read_text().splitlines()]
+    assert logged == run
+    resumed = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "value_extraction.py"), "--quick", "--seeds", "0",
+            "--datasets", "hopper-medium", "--values", "iql", "--extractions", "ddpgbc", "--fractions",
+            "--dataset-steps", "2000", "--output", str(output), "--resume",
+        ],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["runs"] == [run]
+    assert "Seed set to" in result.stderr and "Seed set to" not in resumed.stderr  # nothing was trained again
