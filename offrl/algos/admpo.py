@@ -28,7 +28,7 @@ import torch
 from tensordict import TensorDict
 from tqdm.auto import tqdm
 
-from offrl.algos.base import OfflineAlgorithm
+from offrl.algos.base import OfflineAlgorithm, check_td_settings
 from offrl.algos.sac import SACAgent, sac_update
 from offrl.data.datamodules import window_starts
 from offrl.data.minari_io import DatasetInfo
@@ -323,6 +323,7 @@ class ModelBasedSAC(OfflineAlgorithm):
                 raise OffrlError(f"model.{name_} must be a positive integer, got {value}")
         if model_rows < 0:
             raise OffrlError(f"model.model_rows must be >= 0, got {model_rows}")
+        check_td_settings(discount, tau)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.model_buffer = ModelBuffer(rollout_batch_size * rollout_horizon * retain_rounds)

@@ -71,6 +71,14 @@ def _losses_as_dict(graphed: Callable[[TensorDict], TensorDict], batch: TensorDi
     return dict(graphed(batch).items())
 
 
+def check_td_settings(discount: float, tau: float) -> None:
+    """The discount and Polyak rate of every temporal-difference learner, each refused in one sentence."""
+    if not 0.0 <= discount < 1.0:
+        raise OffrlError(f"model.discount must lie in [0, 1), got {discount}")
+    if not 0.0 < tau <= 1.0:
+        raise OffrlError(f"model.tau must lie in (0, 1], got {tau}")
+
+
 class OfflineAlgorithm(L.LightningModule):
     """Subclasses build their networks in `build` (called once, from `setup`, when dataset sizes are known),
     return every loss of a batch from `losses`, and implement `act(observation, goal=None) -> action`.

@@ -14,7 +14,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from offrl.algos.base import OfflineAlgorithm
+from offrl.algos.base import OfflineAlgorithm, check_td_settings
 from offrl.algos.value_policy import frozen
 from offrl.data.minari_io import DatasetInfo
 from offrl.errors import OffrlError
@@ -180,10 +180,7 @@ class SAC(OfflineAlgorithm):
         for name, value in (("actor_lr", actor_lr), ("critic_lr", critic_lr), ("alpha_lr", alpha_lr), ("init_alpha", init_alpha)):
             if value <= 0:
                 raise OffrlError(f"model.{name} must be positive, got {value}")
-        if not 0.0 <= discount < 1.0:
-            raise OffrlError(f"model.discount must lie in [0, 1), got {discount}")
-        if not 0.0 < tau <= 1.0:
-            raise OffrlError(f"model.tau must lie in (0, 1], got {tau}")
+        check_td_settings(discount, tau)
         if num_critics < 1:
             raise OffrlError(f"model.num_critics must be a positive integer, got {num_critics}")
         self.save_hyperparameters()

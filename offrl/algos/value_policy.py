@@ -36,7 +36,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from offrl.algos.base import OfflineAlgorithm
+from offrl.algos.base import OfflineAlgorithm, check_td_settings
 from offrl.data.minari_io import DatasetInfo
 from offrl.errors import OffrlError
 from offrl.nn.ensemble import ensemble_mlp
@@ -175,10 +175,7 @@ class ValuePolicy(OfflineAlgorithm):
             raise OffrlError(f"model.extraction {extraction!r} needs action likelihoods; use model.actor gaussian")
         if lr <= 0:
             raise OffrlError(f"model.lr must be positive, got {lr}")
-        if not 0.0 <= discount < 1.0:
-            raise OffrlError(f"model.discount must lie in [0, 1), got {discount}")
-        if not 0.0 < tau <= 1.0:
-            raise OffrlError(f"model.tau must lie in (0, 1], got {tau}")
+        check_td_settings(discount, tau)
         if not 0.0 < expectile < 1.0:
             raise OffrlError(f"model.expectile must lie in (0, 1), got {expectile}")
         for key, fraction in (("value_data_fraction", value_data_fraction), ("policy_data_fraction", policy_data_fraction)):
