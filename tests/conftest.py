@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -115,3 +116,21 @@ def random_policy_success(info, episodes: int) -> float:
     success = evaluate(random_act, env, info, episodes, torch.device("cpu"))["eval/success"]
     env.close()
     return success
+
+
+def trainer(max_steps: int, callbacks=(), evaluate: bool | None = None, **options) -> L.Trainer:
+    """A quiet CPU trainer (no logger, checkpoints, progress bar or summary). Validation, which runs evaluation
+    callbacks, is on when `evaluate` is true (default: when there are callbacks)."""
+    evaluate = bool(callbacks) if evaluate is None else evaluate
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1 if evaluate else 0,
+        callbacks=list(callbacks),
+        **options,
+    )

@@ -16,7 +16,7 @@ from offrl.data.replay import ReplayDataModule
 from offrl.envs.factory import make_eval_env
 from offrl.errors import OffrlError
 
-from test_value_policy import trainer
+from conftest import trainer
 
 
 class Reach1D(gym.Env):

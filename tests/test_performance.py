@@ -9,6 +9,7 @@ import functools
 import lightning as L
 import pytest
 import torch
+from conftest import trainer as quiet_trainer
 from conftest import write_synthetic
 
 from offrl.algos.bc import BC
@@ -41,18 +42,7 @@ class StepRecorder(L.Callback):
 
 def fit(model, datamodule, max_steps: int, loop: UpdateLoop, recorder=None, log_every: int = 50) -> L.Trainer:
     L.seed_everything(0)
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        log_every_n_steps=log_every,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[loop] + ([recorder] if recorder else []),
-    )
+    trainer = quiet_trainer(max_steps, [loop] + ([recorder] if recorder else []), evaluate=False, log_every_n_steps=log_every)
     trainer.fit(model, datamodule)
     return trainer
 

@@ -7,7 +7,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import write_synthetic, random_policy_success
+from conftest import random_policy_success, write_synthetic
+from conftest import trainer as quiet_trainer
 
 from offrl.algos.rsp import RSP
 from offrl.callbacks.evaluation import EvaluationCallback
@@ -38,17 +39,7 @@ def ready(module: SkipStepDataModule) -> SkipStepDataModule:
 
 
 def fit(model: RSP, datamodule: SkipStepDataModule, max_steps: int, callbacks=()) -> L.Trainer:
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=list(callbacks),
-    )
+    trainer = quiet_trainer(max_steps, callbacks, evaluate=False)
     trainer.fit(model, datamodule)
     return trainer
 
@@ -231,16 +222,7 @@ def test_rsp_learns_umaze_far_better_than_random(in_tmp_dir):
     # stops them early) still overstate the sub-goal model's error, so the official noise swamps the sub-goal:
     # success 0.6-0.87 with it, 1.0 without over seeds 0-2. At the paper's 20k steps per stage they converge.
     model = RSP(hidden_dims=[128, 128], steps_per_stage=steps, normalize_observations=False, noise_scale=0.0)
-    trainer = L.Trainer(
-        max_steps=2 * steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[EvaluationCallback(num_episodes=episodes, num_envs=10)],
-    )
+    trainer = quiet_trainer(2 * steps, [EvaluationCallback(num_episodes=episodes, num_envs=10)])
     trainer.fit(model, data)
     rsp_success = trainer.callback_metrics["eval/success"].item()
 

@@ -16,7 +16,7 @@ from offrl.errors import OffrlError
 
 from conftest import write_synthetic
 from test_cli import offrl
-from test_value_policy import trainer
+from conftest import trainer
 
 HOPPER = "offrl/mujoco/hopper/random-v0"
 

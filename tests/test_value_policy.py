@@ -17,21 +17,7 @@ HOPPER = "offrl/mujoco/hopper/random-v0"
 PAIRS = [(value, extraction) for value in ("sarsa", "iql", "crl") for extraction in ("awr", "ddpgbc", "sfbc")]
 PAIRS.append(("td3", "ddpgbc"))
 
-from conftest import random_policy_success
-
-
-def trainer(max_steps: int, callbacks=()) -> L.Trainer:
-    return L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1 if callbacks else 0,
-        callbacks=list(callbacks),
-    )
+from conftest import random_policy_success, trainer
 
 
 def small_datamodule(goal_conditioned: bool):

@@ -8,7 +8,6 @@ medium level by then stops there (the metadata says which happened).
 
 from __future__ import annotations
 
-import gymnasium as gym
 import lightning as L
 import numpy as np
 import torch
@@ -18,10 +17,9 @@ from minari.data_collector import EpisodeBuffer
 from offrl.algos.sac import SAC
 from offrl.callbacks.evaluation import EvaluationCallback
 from offrl.callbacks.online import OnlineInteraction
-from offrl.data.generators import GeneratedDataset, Progress, return_summary
-from offrl.data.generators.mujoco import ENV_IDS
+from offrl.data.generators import GeneratedDataset, Progress
+from offrl.data.generators.mujoco import ENV_IDS, mujoco_dataset
 from offrl.data.replay import ReplayDataModule
-from offrl.envs.scores import D4RL_REFERENCE_SCORES
 from offrl.errors import OffrlError
 
 # The medium level to stop at: the low edge of D4RL's medium band (DESIGN.md: hopper 45-60, halfcheetah 40-45,
@@ -135,21 +133,7 @@ def generate(env: str, *, steps: int | None, episodes: int | None, seed: int, pr
     if steps < 4:
         raise OffrlError(f"--steps must be at least 4 for medium-replay (a warm-up and some SAC updates), got {steps}")
     env_id = ENV_IDS[env]
-    ref_min, ref_max = D4RL_REFERENCE_SCORES[env]
     replay, facts = collect_replay(env_id, steps, MEDIUM_LEVEL[env], seed, progress)
     collected, returns = replay_episodes(replay)
-    spec = gym.spec(env_id)
     described = f"replay buffer of online SAC in {env_id} until normalised return {MEDIUM_LEVEL[env]}"
-    return GeneratedDataset(
-        episodes=collected,
-        env_spec=spec,
-        eval_env_spec=spec,
-        ref_min_score=ref_min,
-        ref_max_score=ref_max,
-        algorithm_name=described,
-        description=f"D4RL-style {env} medium-replay data collected in Gymnasium {env_id}: {described}.",
-        metadata={
-            "env_id": env_id, "level": "medium-replay", "seed": seed, "episodes": len(collected), **facts,
-            **return_summary(returns, ref_min, ref_max),
-        },
-    )
+    return mujoco_dataset(env, "medium-replay", collected, returns, described, seed, episodes=len(collected), **facts)

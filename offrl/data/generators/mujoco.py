@@ -117,23 +117,27 @@ def generate(
             }
         )
 
-    spec = gym.spec(env_id)
     described = "; then ".join(behaviour.describe() for behaviour in parts)
+    return mujoco_dataset(env, level, all_episodes, all_returns, described, seed, parts=part_facts)
+
+
+def mujoco_dataset(
+    env: str, level: str, collected: list, returns: list[float], described: str, seed: int, **facts: Any
+) -> GeneratedDataset:
+    """A D4RL-style MuJoCo dataset of the `collected` episodes in ENV_IDS[env], scored with D4RL's reference returns;
+    `facts` (how it was collected) go into the metadata beside the return summary."""
+    env_id = ENV_IDS[env]
+    ref_min, ref_max = D4RL_REFERENCE_SCORES[env]
+    spec = gym.spec(env_id)
     return GeneratedDataset(
-        episodes=all_episodes,
+        episodes=collected,
         env_spec=spec,
         eval_env_spec=spec,
         ref_min_score=ref_min,
         ref_max_score=ref_max,
         algorithm_name=described,
         description=f"D4RL-style {env} {level} data collected in Gymnasium {env_id}: {described}.",
-        metadata={
-            "env_id": env_id,
-            "level": level,
-            "seed": seed,
-            "parts": part_facts,
-            **return_summary(all_returns, ref_min, ref_max),
-        },
+        metadata={"env_id": env_id, "level": level, "seed": seed, **facts, **return_summary(returns, ref_min, ref_max)},
     )
 
 
