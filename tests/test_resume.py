@@ -19,6 +19,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import write_synthetic
+from offrl.algos.bc import BC
 from offrl.cli import main
 
 DATASET = "test/resume/hopper-v0"
@@ -74,8 +75,9 @@ def dataset():
     return DATASET
 
 
-def write_config(path: Path, algorithm: str, dataset_id: str, every_n_train_steps: int = 1000, callbacks=()) -> Path:
+def write_config(path: Path, algorithm: str, dataset_id: str, every_n_train_steps: int = 1000, callbacks=(), model_class: str | None = None) -> Path:
     model, data, max_steps = ALGORITHMS[algorithm]
+    model = {**model, "class_path": model_class or model["class_path"]}
     data_args = {"dataset_id": dataset_id, "batch_size": 32, "steps_per_epoch": STEPS_PER_EPOCH, **data.get("init_args", {})}
     config = {
         "seed_everything": 3,
@@ -228,6 +230,27 @@ def test_a_signalled_subprocess_resumes_exactly(signum, dataset, uninterrupted, 
 
     assert fit("--config", str(write_config(in_tmp_dir / "resume.yaml", "bc", dataset)), "--ckpt_path", "last") == 0
     assert_same_training_state(final_state(uninterrupted("bc")), final_state(interrupted))
+    assert logged(interrupted) == logged(uninterrupted("bc"))
+
+
+class BCKilledAfterCheckpoint(BC):
+    """BC whose process is SIGKILLed at the worst moment: in the module's on_train_batch_end of update 30, after
+    ModelCheckpoint has written the step-30 checkpoint and before Lightning finishes the update."""
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.global_step == 30:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_run_killed_right_after_a_checkpoint_keeps_every_logged_point(dataset, uninterrupted, in_tmp_dir):
+    """Every point logged up to a checkpoint is on disk before the checkpoint is: none is lost between the two."""
+    config = write_config(in_tmp_dir / "killed.yaml", "bc", dataset, every_n_train_steps=10, model_class="test_resume.BCKilledAfterCheckpoint")
+    process = start_fit(config, in_tmp_dir)
+    process.communicate(timeout=240)
+    assert process.returncode == -signal.SIGKILL
+    (interrupted,) = run_dirs(in_tmp_dir)
+    assert final_state(interrupted)["global_step"] == 30
+    assert fit("--config", str(write_config(in_tmp_dir / "resume.yaml", "bc", dataset)), "--ckpt_path", "last") == 0
     assert logged(interrupted) == logged(uninterrupted("bc"))
 
 

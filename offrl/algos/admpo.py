@@ -398,8 +398,7 @@ class ModelBasedSAC(OfflineAlgorithm):
             transitions["observation"][first + hp.max_window - 1], horizon, self.terminated_fn,
             hp.penalty_coef, hp.penalty_form, hp.max_window,
         )
-        self.log("rollout/penalty", rows["penalty"].mean())
-        self.log("rollout/reward", rows["next", "reward"].mean())
+        self.log_now({"rollout/penalty": rows["penalty"].mean(), "rollout/reward": rows["next", "reward"].mean()})
         self.model_buffer.add(rows)
 
     # -- SAC ---------------------------------------------------------------------------------------------
@@ -497,7 +496,7 @@ class OnlineModelBasedSAC(ModelBasedSAC):
         horizon = self.rollout_horizon_at(env_steps)
         self.rollout_round(stored, window_starts(stored["episode_last"], hp.max_window), horizon)
         self.model_env_steps = env_steps
-        self.log_dict({"model/holdout_mse": history[-1], "rollout/horizon": float(horizon)})
+        self.log_now({"model/holdout_mse": history[-1], "rollout/horizon": float(horizon)})
 
     def explore(self, observation: torch.Tensor) -> torch.Tensor:
         """The behaviour policy of online interaction: a sample of the policy."""

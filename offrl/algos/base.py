@@ -219,9 +219,21 @@ class OfflineAlgorithm(L.LightningModule):
         window = self._loss_window
         if window["count"] == 0 or not self.trainer._logger_connector.should_update_logs:
             return  # Lightning would drop values logged on other steps; logging costs host work every time
-        for name, mean in zip(window["names"], (window["sums"] / window["count"]).unbind()):
-            self.log(f"train/{name}", mean, prog_bar=name == self.progress_bar_loss)
+        means = dict(zip((f"train/{name}" for name in window["names"]), (window["sums"] / window["count"]).unbind()))
+        self.log_now(means, prog_bar=f"train/{self.progress_bar_loss}")
         window["count"] = 0
+
+    def log_now(self, scalars: dict[str, torch.Tensor | float], prog_bar: str | None = None) -> None:
+        """Write training scalars to the loggers at once, at Lightning's step, and `self.log` them for the progress
+        bar and callbacks. Lightning writes `self.log` values only after on_train_batch_end, where ModelCheckpoint
+        saves, so a run killed between the two would resume from a checkpoint past a point that never reached the
+        event file."""
+        for name, value in scalars.items():
+            self.log(name, value, prog_bar=name == prog_bar, logger=False)
+        values = {name: float(value) for name, value in scalars.items()}
+        for logger in self.loggers:
+            logger.log_metrics(values, step=self.trainer.fit_loop.epoch_loop._batches_that_stepped)
+            logger.save()  # flushes the event file, as Lightning does after every write
 
     # -- evaluation and checkpoints ----------------------------------------------------------------------
 

@@ -142,9 +142,8 @@ def sac_update(module: OfflineAlgorithm, agent: SACAgent, batch: TensorDict) -> 
     losses = agent.losses(batch)
     module.step_optimizers(losses)
     agent.update_target()
-    # self.log costs about a millisecond a call, as much as a small update: log only when the logger writes.
-    if module.global_step % module.trainer.log_every_n_steps == 0:
-        module.log_dict({f"train/{name}": loss.detach() for name, loss in losses.items()} | {"train/alpha": agent.alpha.detach()})
+    module.accumulate_losses({name: loss.detach() for name, loss in losses.items()} | {"alpha": agent.alpha.detach()})
+    module.log_losses()
 
 
 class SAC(OfflineAlgorithm):

@@ -64,10 +64,11 @@ class OnlineInteraction(L.Callback):
         if trainer.max_steps < 0 or trainer.global_step < trainer.max_steps:
             self.collect_for_update(trainer, pl_module)
         if trainer.global_step % trainer.log_every_n_steps == 0:
+            scalars = {"train/env_steps": float(trainer.datamodule.size)}
             if self.finished_returns:
-                pl_module.log("train/episode_return", float(np.mean(self.finished_returns)))
+                scalars["train/episode_return"] = float(np.mean(self.finished_returns))
                 self.finished_returns = []
-            pl_module.log("train/env_steps", float(trainer.datamodule.size))
+            pl_module.log_now(scalars)
 
     def collect_for_update(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Fill the buffer to what the next update (number global_step + 1) may see."""

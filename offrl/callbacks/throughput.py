@@ -30,7 +30,7 @@ class UpdateThroughput(L.Callback):
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize(pl_module.device)
             rate = updates / (time.perf_counter() - self.start)
-            pl_module.log("perf/updates_per_s", torch.tensor(rate), rank_zero_only=True)
+            pl_module.log_now({"perf/updates_per_s": rate})
             self.start, self.start_step = time.perf_counter(), trainer.global_step
 
 
