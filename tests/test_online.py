@@ -179,15 +179,20 @@ def test_admpo_online_retrains_on_the_data_so_far_on_schedule_with_a_ramped_hori
         record(self, transitions, starts, horizon)
 
     monkeypatch.setattr(OnlineModelBasedSAC, "rollout_round", recording_round)
-    model = OnlineModelBasedSAC(
-        max_window=3, model_every=50, rollout_horizon=5, min_rollout_horizon=1, horizon_ramp_start=100,
-        horizon_ramp_end=200, penalty_coef=0.0, model_hidden_dim=16, model_gru_layers=1, model_residual_blocks=1,
-        model_max_epochs=2, model_updates_per_epoch=5, hidden_dims=[16], model_rows=24, rollout_batch_size=16,
-        retain_rounds=2,
-    )
-    datamodule = ReplayDataModule("Hopper-v5", batch_size=8, steps_per_epoch=240, capacity=1000, num_envs=2)
-    fit = trainer(240, [OnlineInteraction(warmup_steps=100, updates_per_step=2.0, seed=0)])
-    fit.fit(model, datamodule)
+
+    def run(max_steps: int, ckpt_path=None):
+        model = OnlineModelBasedSAC(
+            max_window=3, model_every=50, rollout_horizon=5, min_rollout_horizon=1, horizon_ramp_start=100,
+            horizon_ramp_end=200, penalty_coef=0.0, model_hidden_dim=16, model_gru_layers=1, model_residual_blocks=1,
+            model_max_epochs=2, model_updates_per_epoch=5, hidden_dims=[16], model_rows=24, rollout_batch_size=16,
+            retain_rounds=2,
+        )
+        datamodule = ReplayDataModule("Hopper-v5", batch_size=8, steps_per_epoch=240, capacity=1000, num_envs=2)
+        fit = trainer(max_steps, [OnlineInteraction(warmup_steps=100, updates_per_step=2.0, seed=0)])
+        fit.fit(model, datamodule, ckpt_path=ckpt_path)
+        return fit, model, datamodule
+
+    fit, model, datamodule = run(240)
 
     # Env steps before update u: 100 + ceil(u / 2), rounded up to both envs; a round whenever 50 have been added.
     assert [(steps, horizon) for steps, horizon, _ in rounds] == [(102, 1), (152, 3), (202, 5)]
@@ -199,6 +204,12 @@ def test_admpo_online_retrains_on_the_data_so_far_on_schedule_with_a_ramped_hori
     assert torch.allclose(model.dynamics.obs_normalizer.mean, at_last_round.mean(0), atol=1e-5)
     assert not torch.allclose(model.dynamics.obs_normalizer.mean, stored.mean(0), atol=1e-5)
     assert 0 < model.model_buffer.size <= 2 * 16 * 5
+
+    # Resumed, the schedule goes on from the last round (202 env steps): the next is at 252, not at once.
+    fit.save_checkpoint(in_tmp_dir / "stop.ckpt")
+    rounds.clear()
+    _, _, datamodule = run(320, in_tmp_dir / "stop.ckpt")
+    assert datamodule.size == 260 and [steps for steps, _, _ in rounds] == [252]
 
 
 def test_shipped_admpo_online_config_runs_from_the_command_line(in_tmp_dir):
@@ -221,3 +232,46 @@ def test_shipped_admpo_online_config_runs_from_the_command_line(in_tmp_dir):
     assert metrics["train/env_steps"][-1] == 100 + 60 / 20  # UTD 20
     assert metrics["rollout/horizon"][-1] == 1  # far before the ramp starts at 20k env steps
     assert {"train/critic_loss", "model/holdout_mse", "eval/return"} <= set(metrics)
+
+
+def test_an_online_run_resumes_from_its_checkpointed_replay_buffer(in_tmp_dir):
+    """The checkpoint holds the buffer and the warm-up generator: a resumed run keeps every stored step, takes no
+    second warm-up, ends the episodes the dead envs were in (truncated) and starts new ones."""
+    num_envs, warmup, capacity = 2, 150, 1000  # Pendulum episodes are 200 steps: the stop lands mid-episode
+
+    def run(max_steps: int, ckpt_path=None):
+        L.seed_everything(0)
+        datamodule = ReplayDataModule("Pendulum-v1", batch_size=32, steps_per_epoch=100, capacity=capacity, num_envs=num_envs)
+        fit = trainer(max_steps, [OnlineInteraction(warmup_steps=warmup, updates_per_step=1.0, seed=7)], evaluate=False)
+        fit.fit(SAC(hidden_dims=[16]), datamodule, ckpt_path=ckpt_path)
+        return fit, datamodule
+
+    first, before = run(20)
+    first.save_checkpoint(in_tmp_dir / "stop.ckpt")
+    kept = before.stored().clone()
+    per_env = before.filled
+    assert per_env == (warmup + 20) // num_envs
+
+    resumed, after = run(40, in_tmp_dir / "stop.ckpt")
+    assert resumed.global_step == 40
+    assert after.size == warmup + 40  # no second warm-up
+    stored = after.stored()
+    for env in range(num_envs):
+        old = kept[env * per_env : (env + 1) * per_env]
+        new = stored[env * after.filled : env * after.filled + per_env]
+        cut = per_env - 1
+        assert not old["next", "truncated"][cut] and new["next", "truncated"][cut] and new["next", "done"][cut]
+        new["next", "truncated"][cut] = new["next", "done"][cut] = False
+        # The same steps; episode_last indexes each stored()'s own compact layout (env blocks of `filled` rows).
+        assert torch.equal(new.pop("episode_last") - env * after.filled, old.pop("episode_last") - env * per_env)
+        assert (new == old).all()
+        continued = stored[env * after.filled + per_env]
+        assert continued["step"] == 0 and continued["episode"] > old["episode"].max()
+
+
+def test_a_replay_buffer_refuses_a_checkpoint_it_cannot_hold():
+    small = ReplayDataModule("Pendulum-v1", capacity=100, num_envs=2)
+    small.setup()
+    state = {"filled": 80, "num_envs": 2, "generator": None}
+    with pytest.raises(OffrlError, match=r"data.num_envs=2 and a capacity of at least 160"):
+        small.load_state_dict(state)

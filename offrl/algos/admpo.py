@@ -501,3 +501,11 @@ class OnlineModelBasedSAC(ModelBasedSAC):
     def explore(self, observation: torch.Tensor) -> torch.Tensor:
         """The behaviour policy of online interaction: a sample of the policy."""
         return self.agent.act(observation, deterministic=False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["model_env_steps"] = self.model_env_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.model_env_steps = checkpoint.get("model_env_steps")

@@ -53,12 +53,27 @@ class OnlineInteraction(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule: ReplayDataModule = trainer.datamodule
         datamodule._device_setup(pl_module.device)
-        self.env = make_eval_env(datamodule.info, datamodule.num_envs, self.seed)
+        # A resumed run (a restored buffer) seeds its new envs past the episodes already taken, not from the start.
+        env_seed = self.seed if datamodule.size == 0 else self.seed + datamodule.next_episode_id
+        self.env = make_eval_env(datamodule.info, datamodule.num_envs, env_seed)
         self.state = self.env.reset()
         self.episode_returns = np.zeros(datamodule.num_envs)
-        self.random_actions = torch.Generator().manual_seed(self.seed)
-        self.collect(datamodule, pl_module, self.warmup_steps, explore=False)
+        if self.random_actions is None:
+            self.random_actions = torch.Generator().manual_seed(self.seed)
+        self.collect(datamodule, pl_module, self.warmup_steps - datamodule.size, explore=False)
         self.collect_for_update(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        return {
+            "random_actions": self.random_actions.get_state() if self.random_actions is not None else None,
+            "finished_returns": list(self.finished_returns),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("random_actions") is not None:
+            self.random_actions = torch.Generator()
+            self.random_actions.set_state(state_dict["random_actions"])
+        self.finished_returns = list(state_dict.get("finished_returns", []))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         if trainer.max_steps < 0 or trainer.global_step < trainer.max_steps:

@@ -161,6 +161,52 @@ class ReplayDataModule(TransitionDataModule):
                 self.next_episode_id += 1
         self.filled += 1
 
+    def state_dict(self) -> dict:
+        """The sampler state and the stored transitions in the compact layout of `stored()`, so that a resumed
+        online run continues from the same data (a different data.capacity is fine if the data still fits)."""
+        offsets = [env * self.rows_per_env for env in range(self.num_envs)]
+        return super().state_dict() | {
+            "stored": self.stored().cpu().to_dict() if self.filled else None,  # plain tensors: weights_only loads
+            "filled": self.filled,
+            "num_envs": self.num_envs,
+            "episode_start": [start - offset for start, offset in zip(self.episode_start, offsets)],
+            "episode_step": list(self.episode_step),
+            "episode_ids": list(self.episode_ids),
+            "next_episode_id": self.next_episode_id,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        filled = state_dict.get("filled", 0)
+        if not filled:
+            return
+        if state_dict["num_envs"] != self.num_envs or filled > self.rows_per_env:
+            raise OffrlError(
+                f"the checkpoint's replay buffer holds {filled} steps of {state_dict['num_envs']} envs, which does not "
+                f"fit data.num_envs={self.num_envs}, data.capacity={self.num_envs * self.rows_per_env}; resume with "
+                f"data.num_envs={state_dict['num_envs']} and a capacity of at least {filled * state_dict['num_envs']}"
+            )
+        self.filled = filled
+        stored = TensorDict(state_dict["stored"], batch_size=[filled * self.num_envs])
+        compact_last = stored["episode_last"]
+        stored["episode_last"] = (compact_last // filled) * self.rows_per_env + compact_last % filled
+        self.transitions[self.filled_indices()] = stored.to(self.transitions.device)
+        self.episode_step = list(state_dict["episode_step"])
+        self.episode_ids = list(state_dict["episode_ids"])
+        self.next_episode_id = state_dict["next_episode_id"]
+        self.episode_start = [env * self.rows_per_env + start for env, start in enumerate(state_dict["episode_start"])]
+        # The envs' own state is not in the checkpoint: the resumed run starts new episodes, so each running
+        # episode ends here, truncated (its transitions stay valid: none was terminal).
+        for env in range(self.num_envs):
+            if self.episode_step[env]:
+                last = env * self.rows_per_env + filled - 1
+                self.transitions["next", "truncated"][last] = True
+                self.transitions["next", "done"][last] = True
+                self.episode_start[env] = last + 1
+                self.episode_step[env] = 0
+                self.episode_ids[env] = self.next_episode_id
+                self.next_episode_id += 1
+
     def sample(self, batch_size: int) -> TensorDict:
         if self.filled == 0:
             raise OffrlError(
