@@ -37,7 +37,7 @@ DATASET_STEPS = 20_000
 # algorithm -> (config giving its networks, batch size and optimisers; small dataset it is timed on).
 ALGORITHMS = {
     "bc": ("configs/bc/hopper-medium.yaml", HOPPER),
-    "iql_awr": ("configs/iql_awr/hopper-medium.yaml", HOPPER),
+    "iql_awr": ("configs/iql/hopper-medium.yaml", HOPPER),  # IQL = IQL value + AWR
     "iql_ddpgbc": ("configs/iql_ddpgbc/hopper-medium.yaml", HOPPER),
     "rsp": ("configs/rsp/pointmaze-large.yaml", MAZE),
     "admpo_off": ("configs/admpo_off/hopper-medium.yaml", HOPPER),

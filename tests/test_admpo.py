@@ -177,6 +177,23 @@ def test_ensemble_learns_and_keeps_its_best_members_as_elites():
     assert set(model.elites.tolist()) == set(errors.argsort()[:2].tolist())
 
 
+def test_ensemble_weight_decay_is_tensorflows_per_layer_l2_and_shrinks_the_trained_weights():
+    model = EnsembleDynamics(4, 2, hidden_dims=(8,), num_members=3, num_elites=2, weight_decay=[0.1, 0.2])
+    first, last = model.net[0].weight, model.net[2].weight
+    expected = 0.1 * first.square().sum() / 2 + 0.2 * last.square().sum() / 2
+    assert torch.allclose(model.weight_penalty(), expected)
+
+    transitions, _, _ = linear_system(episodes=10)
+    norms = {}
+    for decay in (None, [1.0, 1.0]):
+        torch.manual_seed(0)
+        model = EnsembleDynamics(4, 2, hidden_dims=(16,), num_members=2, num_elites=1, weight_decay=decay)
+        model.fit_normalizers(transitions["observation"], transitions["action"])
+        pretrain_dynamics(model, transitions, 1, batch_size=64, lr=1e-2, max_epochs=3, updates_per_epoch=50, progress=False)
+        norms[decay is None] = sum(layer.weight.square().sum() for layer in model.net[::2]).item()
+    assert norms[False] < 0.5 * norms[True]
+
+
 # -- penalties ---------------------------------------------------------------------------------------------
 
 
@@ -304,6 +321,10 @@ def test_bad_settings_fail_in_one_sentence():
         ModelBasedSAC(dynamics="ensemble", max_window=3)
     with pytest.raises(OffrlError, match="ensemble_elites"):
         ModelBasedSAC(dynamics="ensemble", max_window=1, ensemble_members=3, ensemble_elites=5)
+    with pytest.raises(OffrlError, match=r"ensemble_weight_decay must be 3 non-negative numbers"):
+        ModelBasedSAC(dynamics="ensemble", max_window=1, ensemble_hidden_dims=[8, 8], ensemble_weight_decay=[1e-4])
+    with pytest.raises(OffrlError, match=r"with dynamics: ensemble, got \[0.0\] with dynamics: any_step"):
+        ModelBasedSAC(ensemble_hidden_dims=[], ensemble_weight_decay=[0.0])
 
 
 PAPER_M_H_BETA = {  # DESIGN.md, from the ADMPO paper
@@ -311,6 +332,14 @@ PAPER_M_H_BETA = {  # DESIGN.md, from the ADMPO paper
     "halfcheetah-random": (2, 10, 2.5), "halfcheetah-medium": (2, 5, 2.5), "halfcheetah-medium-expert": (2, 50, 10),
     "walker2d-random": (2, 50, 2.5), "walker2d-medium": (5, 10, 5), "walker2d-medium-expert": (3, 2, 6),
     "hopper-medium-replay": (5, 5, 0.1), "halfcheetah-medium-replay": (2, 5, 2.5), "walker2d-medium-replay": (5, 5, 0.1),
+}
+
+
+MOPO_H_LAMBDA = {  # MOPO paper; the official configs agree but for halfcheetah-medium-expert (lambda 5.0)
+    "hopper-random": (5, 1), "hopper-medium": (5, 5), "hopper-medium-replay": (5, 1), "hopper-medium-expert": (5, 1),
+    "halfcheetah-random": (5, 0.5), "halfcheetah-medium": (1, 1), "halfcheetah-medium-replay": (5, 1),
+    "halfcheetah-medium-expert": (5, 1), "walker2d-random": (1, 1), "walker2d-medium": (5, 5),
+    "walker2d-medium-replay": (1, 1), "walker2d-medium-expert": (1, 2),
 }
 
 
@@ -330,3 +359,5 @@ def test_configs_build_with_the_papers_settings(algorithm):
             assert (hp.max_window, hp.rollout_horizon, hp.penalty_coef) == PAPER_M_H_BETA[path.stem]
         else:
             assert hp.dynamics == "ensemble" and (hp.ensemble_members, hp.ensemble_elites) == (7, 5)
+            assert (hp.rollout_horizon, hp.penalty_coef) == MOPO_H_LAMBDA[path.stem]
+            assert list(hp.ensemble_weight_decay) == [2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4] and hp.model_patience == 5

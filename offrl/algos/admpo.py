@@ -126,6 +126,8 @@ def pretrain_dynamics(
             start_obs, actions, target = window_targets(transitions, first, k)
             mean, logvar = predict_window(model, start_obs, actions)
             loss = dynamics_nll(mean, logvar, target, model.bounds.min_logvar, model.bounds.max_logvar)
+            if ensemble:
+                loss = loss + model.weight_penalty()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -261,6 +263,7 @@ class ModelBasedSAC(OfflineAlgorithm):
         ensemble_hidden_dims: Sequence[int] = (200, 200, 200, 200),
         ensemble_members: int = 7,
         ensemble_elites: int = 5,
+        ensemble_weight_decay: Sequence[float] | None = None,
         model_lr: float = 3e-4,
         model_batch_size: int = 256,
         model_holdout_fraction: float = 0.2,
@@ -293,6 +296,8 @@ class ModelBasedSAC(OfflineAlgorithm):
             penalty_form: ADMPO's penalty, "official" (spread of the means over k) or "eq4" (plus the variances).
             model_hidden_dim, model_gru_layers, model_residual_blocks, model_dropout: the any-step model.
             ensemble_hidden_dims, ensemble_members, ensemble_elites: the ensemble model.
+            ensemble_weight_decay: MOPO's per-layer L2 coefficients on the ensemble's weights, one per linear
+                layer from input to output (None: no decay).
             model_lr, model_batch_size: Adam learning rate and batch of model pretraining.
             model_holdout_fraction, model_max_holdout: hold-out = min(fraction * N, max) last transitions.
             model_patience: epochs without a better hold-out error before pretraining stops.
@@ -316,6 +321,13 @@ class ModelBasedSAC(OfflineAlgorithm):
             raise OffrlError(f"model.max_window must be >= 1 (1 for the ensemble), got {max_window}")
         if ensemble_elites > ensemble_members:
             raise OffrlError(f"model.ensemble_elites ({ensemble_elites}) must not exceed ensemble_members ({ensemble_members})")
+        if ensemble_weight_decay is not None:
+            layers = len(ensemble_hidden_dims) + 1
+            if dynamics != "ensemble" or len(ensemble_weight_decay) != layers or min(ensemble_weight_decay) < 0:
+                raise OffrlError(
+                    f"model.ensemble_weight_decay must be {layers} non-negative numbers (one per ensemble layer) with "
+                    f"dynamics: ensemble, got {list(ensemble_weight_decay)} with dynamics: {dynamics}"
+                )
         for name_, value in (("rollout_horizon", rollout_horizon), ("rollout_every", rollout_every),
                              ("rollout_batch_size", rollout_batch_size), ("retain_rounds", retain_rounds),
                              ("model_batch_size", model_batch_size), ("model_patience", model_patience)):
@@ -354,7 +366,7 @@ class ModelBasedSAC(OfflineAlgorithm):
                 obs_dim, action_dim, hp.model_hidden_dim, hp.model_gru_layers, hp.model_residual_blocks, hp.model_dropout
             )
         else:
-            self.dynamics = EnsembleDynamics(obs_dim, action_dim, list(hp.ensemble_hidden_dims), hp.ensemble_members, hp.ensemble_elites)
+            self.dynamics = EnsembleDynamics(obs_dim, action_dim, list(hp.ensemble_hidden_dims), hp.ensemble_members, hp.ensemble_elites, hp.ensemble_weight_decay)
         self.register_buffer("dynamics_trained", torch.tensor(False))
 
     def configure_optimizers(self):

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from offrl.nn.ensemble import ensemble_mlp
+from offrl.nn.ensemble import EnsembleLinear, ensemble_mlp
+from offrl.objectives.dynamics import layer_weight_decay
 from offrl.nn.mlp import Normalizer
 
 
@@ -124,10 +125,12 @@ class EnsembleDynamics(nn.Module):
         hidden_dims: Sequence[int] = (200, 200, 200, 200),
         num_members: int = 7,
         num_elites: int = 5,
+        weight_decay: Sequence[float] | None = None,
     ):
         super().__init__()
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.num_members, self.num_elites = num_members, num_elites
+        self.weight_decay = list(weight_decay) if weight_decay else None  # one per linear layer, input to output
         self.obs_normalizer = Normalizer(obs_dim)
         self.action_normalizer = Normalizer(action_dim)
         self.net = ensemble_mlp(num_members, obs_dim + action_dim, list(hidden_dims), 2 * (obs_dim + 1), activation=nn.SiLU)
@@ -137,6 +140,13 @@ class EnsembleDynamics(nn.Module):
     def fit_normalizers(self, observations: torch.Tensor, actions: torch.Tensor) -> None:
         self.obs_normalizer.fit(observations)
         self.action_normalizer.fit(actions)
+
+    def weight_penalty(self) -> torch.Tensor | float:
+        """The per-layer weight decay term of the training loss (0 without weight_decay)."""
+        if not self.weight_decay:
+            return 0.0
+        weights = [layer.weight for layer in self.net if isinstance(layer, EnsembleLinear)]
+        return layer_weight_decay(weights, self.weight_decay)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [B, obs] or [E, B, obs] (one batch per member) -> mean, log-variance [E, B, obs + 1]."""

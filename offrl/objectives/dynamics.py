@@ -25,6 +25,12 @@ def dynamics_nll(
     return nll + bound_weight * (max_logvar.sum() - min_logvar.sum())
 
 
+def layer_weight_decay(weights: list[torch.Tensor], decays: list[float]) -> torch.Tensor:
+    """MBPO's and MOPO's per-layer L2 on the model: sum over layers of decay_l * ||W_l||^2 / 2 (TensorFlow's
+    l2_loss; biases are not decayed)."""
+    return sum(decay * 0.5 * weight.square().sum() for weight, decay in zip(weights, decays, strict=True))
+
+
 def any_step_penalty(means: torch.Tensor, logvars: torch.Tensor, form: str = "official") -> torch.Tensor:
     """ADMPO's uncertainty: how much the predictions of s_{t+1} for k = 1..K disagree.
 
