@@ -122,15 +122,12 @@ def trainer(max_steps: int, callbacks=(), evaluate: bool | None = None, **option
     """A quiet CPU trainer (no logger, checkpoints, progress bar or summary). Validation, which runs evaluation
     callbacks, is on when `evaluate` is true (default: when there are callbacks)."""
     evaluate = bool(callbacks) if evaluate is None else evaluate
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     return L.Trainer(
         max_steps=max_steps,
         accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=1 if evaluate else 0,
         callbacks=list(callbacks),
-        **options,
+        **(quiet | options),
     )

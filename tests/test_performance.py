@@ -40,9 +40,9 @@ class StepRecorder(L.Callback):
         self.logged.append({name: value.item() for name, value in trainer.callback_metrics.items()})
 
 
-def fit(model, datamodule, max_steps: int, loop: UpdateLoop, recorder=None, log_every: int = 50) -> L.Trainer:
+def fit(model, datamodule, max_steps: int, loop: UpdateLoop, recorder=None, log_every: int = 48, **options) -> L.Trainer:
     L.seed_everything(0)
-    trainer = quiet_trainer(max_steps, [loop] + ([recorder] if recorder else []), evaluate=False, log_every_n_steps=log_every)
+    trainer = quiet_trainer(max_steps, [loop] + ([recorder] if recorder else []), evaluate=False, log_every_n_steps=log_every, **options)
     trainer.fit(model, datamodule)
     return trainer
 
@@ -70,6 +70,21 @@ def test_several_updates_per_step_train_exactly_like_one(make, max_steps):
     assert trainer_one.global_step == trainer_several.global_step == max_steps
     expected, got = parameters(one[0]), parameters(several[0])
     assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+def test_curves_are_in_updates_whatever_the_updates_per_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = {}
+    for per_step in (1, 4):
+        logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name=f"k{per_step}")
+        model, datamodule = iql_ddpgbc()
+        fit(model, datamodule, 24, UpdateLoop(updates_per_step=per_step), log_every=8, logger=logger)
+        events = EventAccumulator(logger.log_dir)
+        events.Reload()
+        logged[per_step] = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if tag.startswith("train/")}
+    assert [step for step, _ in logged[1]["train/critic_loss"]] == [7, 15, 23]
+    assert logged[4] == logged[1]
 
 
 @pytest.mark.parametrize("make,max_steps", [(iql_ddpgbc, 6), (rsp, 12)])
@@ -100,6 +115,8 @@ def test_losses_are_logged_as_means_over_each_logging_window():
 def test_update_loop_settings_fail_in_one_sentence():
     with pytest.raises(OffrlError, match="steps_per_epoch 20 must be a multiple of performance.updates_per_step 3"):
         fit(BC(hidden_dims=[16]), TransitionDataModule(HOPPER, steps_per_epoch=20), 6, UpdateLoop(updates_per_step=3))
+    with pytest.raises(OffrlError, match="log_every_n_steps 10 must be a multiple of performance.updates_per_step 4"):
+        fit(BC(hidden_dims=[16]), TransitionDataModule(HOPPER, steps_per_epoch=20), 8, UpdateLoop(updates_per_step=4), log_every=10)
     with pytest.raises(OffrlError, match="updates_per_step must be a positive integer"):
         UpdateLoop(updates_per_step=0)
     with pytest.raises(OffrlError, match="need a cuda device"):

@@ -185,7 +185,7 @@ class OfflineAlgorithm(L.LightningModule):
     def training_step(self, batch: TensorDict | list[TensorDict], batch_idx: int) -> dict[str, torch.Tensor]:
         """One update per batch; the DataModule hands over a list of `updates_per_step` batches (UpdateLoop) to
         spread the trainer's per-step work over several updates. Returns the last update's losses."""
-        losses = {}
+        losses, updates = {}, 0
         for one_batch in batch if isinstance(batch, list) else [batch]:
             if self.global_step >= self.trainer.max_steps > 0:
                 break
@@ -195,6 +195,10 @@ class OfflineAlgorithm(L.LightningModule):
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
                 scheduler.step()
             self.accumulate_losses(losses)
+            updates += 1
+        # Lightning's logging step counts trainer steps; count updates instead, so that log_every_n_steps and the
+        # x-axis of every curve mean updates whatever performance.updates_per_step is.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped += max(updates - 1, 0)
         self.log_losses()
         return losses
 

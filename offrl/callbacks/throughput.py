@@ -43,8 +43,8 @@ class UpdateLoop(L.Callback):
         """
         Args:
             updates_per_step: updates (each on a fresh batch) per trainer step; more spreads the trainer's
-                per-step hooks over several updates. data.steps_per_epoch and checkpoint.every_n_train_steps
-                must be multiples of it.
+                per-step hooks over several updates. data.steps_per_epoch, checkpoint.every_n_train_steps and
+                trainer.log_every_n_steps (all counted in updates) must be multiples of it.
             compile: compile the update with torch.compile.
             cuda_graphs: capture the update as one CUDA graph and replay it (cuda devices only).
         """
@@ -63,6 +63,10 @@ class UpdateLoop(L.Callback):
         if datamodule.steps_per_epoch % per_step:
             raise OffrlError(
                 f"data.steps_per_epoch {datamodule.steps_per_epoch} must be a multiple of performance.updates_per_step {per_step}"
+            )
+        if trainer.log_every_n_steps % per_step:
+            raise OffrlError(
+                f"trainer.log_every_n_steps {trainer.log_every_n_steps} must be a multiple of performance.updates_per_step {per_step}"
             )
         for checkpoint in trainer.checkpoint_callbacks:
             every = getattr(checkpoint, "_every_n_train_steps", 0)
