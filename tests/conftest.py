@@ -75,6 +75,28 @@ def random_episodes(lengths: list[int], obs_dim: int, act_dim: int, goal_dim: in
     return episodes
 
 
+class Reach1D(gym.Env):
+    """x in [-2, 2] starts at +-1.5; x' = clip(x + 0.5 a); reward -|x'|. Going to 0 and staying there is optimal
+    (return about -1.5 over the 20 steps); uniform random actions get about -26."""
+
+    observation_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = np.array([self.np_random.choice([-1.5, 1.5])], dtype=np.float32)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.x = np.clip(self.x + 0.5 * np.asarray(action, dtype=np.float32), -2.0, 2.0).astype(np.float32)
+        return self.x.copy(), float(-abs(self.x[0])), False, False, {}
+
+
+REACH_1D = "OffrlTestReach1D-v0"
+# A string entry point: datasets recorded in it store their env spec, which must be serialisable.
+gym.register(REACH_1D, entry_point="conftest:Reach1D", max_episode_steps=20)
+
+
 def write_synthetic(dataset_id: str, lengths: list[int], goal: bool = False, seed: int = 0) -> list[EpisodeBuffer]:
     """A synthetic dataset recorded against Hopper-v5 (11-dim) or PointMaze_UMaze-v3 (4-dim obs, 2-dim goal)."""
     import gymnasium_robotics

@@ -16,26 +16,7 @@ from offrl.data.replay import ReplayDataModule
 from offrl.envs.factory import make_eval_env
 from offrl.errors import OffrlError
 
-from conftest import trainer
-
-
-class Reach1D(gym.Env):
-    """x in [-2, 2] starts at +-1.5; x' = clip(x + 0.5 a); reward -|x'|. Going to 0 and staying there is optimal."""
-
-    observation_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.x = np.array([self.np_random.choice([-1.5, 1.5])], dtype=np.float32)
-        return self.x.copy(), {}
-
-    def step(self, action):
-        self.x = np.clip(self.x + 0.5 * np.asarray(action, dtype=np.float32), -2.0, 2.0).astype(np.float32)
-        return self.x.copy(), float(-abs(self.x[0])), False, False, {}
-
-
-gym.register("OffrlTestReach1D-v0", entry_point=Reach1D, max_episode_steps=20)
+from conftest import REACH_1D, trainer
 
 
 def test_buffer_holds_exactly_the_env_steps_taken_and_replays_them(in_tmp_dir):
@@ -84,7 +65,7 @@ def test_buffer_holds_exactly_the_env_steps_taken_and_replays_them(in_tmp_dir):
 
 def test_sac_learns_a_small_reach_task_online(in_tmp_dir):
     L.seed_everything(0)
-    datamodule = ReplayDataModule("OffrlTestReach1D-v0", batch_size=128, steps_per_epoch=500, capacity=5000)
+    datamodule = ReplayDataModule(REACH_1D, batch_size=128, steps_per_epoch=500, capacity=5000)
     evaluation = EvaluationCallback(num_episodes=10, num_envs=10, seed=1)
     model = SAC(hidden_dims=[32, 32], actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3, discount=0.9)
     fit = trainer(500, [OnlineInteraction(warmup_steps=200, updates_per_step=1.0, seed=0), evaluation])

@@ -345,18 +345,20 @@ class ModelBasedSAC(OfflineAlgorithm):
         return self.hparams.name or ("admpo_off" if self.hparams.dynamics == "any_step" else "mopo")
 
     def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
-        self.build_networks(info)
+        self.build_networks(info, data_terminates=bool(transitions["next", "terminated"].any()))
         self.dynamics.fit_normalizers(transitions["observation"], transitions["action"])
         # Roll-outs start after m - 1 real steps of history: windows of m rows, the last row's state is the start.
         self.rollout_starts = window_starts(transitions["episode_last"], self.hparams.max_window)
         if len(self.rollout_starts) == 0:
             raise OffrlError(f"no episode of {info.dataset_id} is {self.hparams.max_window} steps long; lower model.max_window")
 
-    def build_networks(self, info: DatasetInfo) -> None:
+    def build_networks(self, info: DatasetInfo, data_terminates: bool = True) -> None:
+        """The SAC agent, the dynamics model and the roll-outs' termination rule (an env without one is taken to
+        never terminate only when its data shows no terminal state)."""
         hp = self.hparams
         obs_dim, action_dim = info.observation_dim, info.action_dim
         spec = info.eval_env_spec or info.env_spec
-        self.terminated_fn = termination_fn(spec.id if spec is not None else None)
+        self.terminated_fn = termination_fn(spec.id if spec is not None else None, data_terminates)
         self.agent = SACAgent(
             obs_dim, action_dim, info.action_low, info.action_high, list(hp.hidden_dims), hp.discount, hp.tau,
             hp.target_entropy, hp.init_alpha, hp.learn_alpha,
@@ -484,7 +486,9 @@ class OnlineModelBasedSAC(ModelBasedSAC):
         return self.hparams.name or ("admpo_on" if self.hparams.dynamics == "any_step" else "mbpo")
 
     def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
-        self.build_networks(info)  # the replay buffer is still empty: the model's statistics come with its data
+        # The replay buffer is still empty: the model's statistics come with its data, and an env without a
+        # termination rule is refused (no data yet shows whether it terminates).
+        self.build_networks(info)
 
     def on_fit_start(self) -> None:
         """Nothing to pretrain on yet: the model trains as the data arrives."""

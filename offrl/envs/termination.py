@@ -41,12 +41,15 @@ TERMINATIONS: dict[str, TerminationFn] = {
 }
 
 
-def termination_fn(env_id: str | None) -> TerminationFn:
-    """The termination rule of a Gymnasium env id such as 'Hopper-v5'."""
+def termination_fn(env_id: str | None, data_terminates: bool = True) -> TerminationFn:
+    """The termination rule of a Gymnasium env id such as 'Hopper-v5'. An env without a rule whose data never
+    terminates (Pendulum, Reacher, ...) never terminates in roll-outs either."""
     name = (env_id or "").split("-v")[0]
-    if name not in TERMINATIONS:
-        raise OffrlError(
-            f"model roll-outs need a termination rule, and env {env_id!r} has none; "
-            f"use a dataset of {sorted(TERMINATIONS)} (or add a rule to offrl/envs/termination.py)"
-        )
-    return TERMINATIONS[name]
+    if name in TERMINATIONS:
+        return TERMINATIONS[name]
+    if not data_terminates:
+        return never_terminated
+    raise OffrlError(
+        f"model roll-outs need a termination rule, and env {env_id!r}, whose data has terminal states, has none; "
+        f"use a dataset of {sorted(TERMINATIONS)} (or add a rule to offrl/envs/termination.py)"
+    )
