@@ -177,7 +177,7 @@ class FiniteLosses(L.Callback):
         step = trainer.global_step  # the update just made
         losses = returned_losses(outputs)
         if losses:
-            flags = torch.stack([~torch.isfinite(loss.detach()).all() for loss in losses.values()])
+            flags = ~torch.isfinite(torch.stack([loss.detach() for loss in losses.values()]))  # scalar losses
             if self.first_bad_step is None or self.loss_names != list(losses):
                 self.first_bad_step = torch.tensor(-1, device=flags.device)
                 self.bad_losses = torch.zeros_like(flags)
