@@ -10,7 +10,8 @@ ttt.yaml of the same folder). A data-scaling matrix trains IQL with AWR and DDPG
 episodes for the value and, independently, for the policy (--fractions). Missing datasets are generated first at
 --dataset-steps steps (seed 0) into MINARI_DATASETS_PATH; an existing dataset is used as it is and its size reported.
 Runs go to --jobs processes (one torch thread each on CPU); each finished run is appended to <output>.runs.jsonl
-at once, and --resume trains only the runs not yet there. Writes benchmarks/results/value_extraction.md; the last
+at once, --resume trains only the runs not yet there, and --report-only trains nothing and tabulates the logged
+runs (a cell with fewer runs than seeds says its n). Writes benchmarks/results/value_extraction.md; the last
 stdout line is one JSON object with every number. Scores: success rate (0-1) on PointMaze, D4RL normalised return
 (x100) on MuJoCo.
 """
@@ -138,11 +139,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def cell(values: list[float] | None) -> str:
+def cell(values: list[float] | None, seeds: int) -> str:
+    """mean ± std over the runs; (n=k) when fewer than `seeds` runs made it."""
     if not values:
         return "n/a"
     mean, std = mean_std(values)
-    return f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.2f} ± {std:.2f}" + (f" (n={len(values)})" if len(values) < seeds else "")
 
 
 def run_parallel(function, items: list, jobs: int) -> list:
@@ -159,10 +161,14 @@ def run_key(run: dict) -> tuple:
     return tuple(run[key] for key in RUN_KEYS)
 
 
+def logged_runs(runs_log: Path) -> list[dict]:
+    return [json.loads(line) for line in runs_log.read_text().splitlines()] if runs_log.is_file() else []
+
+
 def train_all(specs: list[dict], jobs: int, runs_log: Path) -> list[dict]:
     """Every spec's run, appending each finished run to `runs_log` as one JSON line the moment it ends, so a run
     cut short (a time limit) keeps what it finished and `--resume` trains only the rest."""
-    done = [json.loads(line) for line in runs_log.read_text().splitlines()] if runs_log.is_file() else []
+    done = logged_runs(runs_log)
     finished = {run_key(run) for run in done}
     todo = [spec for spec in specs if run_key(spec) not in finished]
     runs_log.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +206,10 @@ def main() -> None:
         "--resume", action="store_true",
         help="keep the runs already in OUTPUT's .runs.jsonl (one JSON line per finished run) and train only the rest",
     )
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="train nothing: write the tables and JSON from the runs already in OUTPUT's .runs.jsonl (cells with fewer runs than seeds say n)",
+    )
     args = parser.parse_args()
     updates = args.updates or (30 if args.quick else 100_000)
     dataset_steps = args.dataset_steps or (3000 if args.quick else 200_000)
@@ -207,6 +217,9 @@ def main() -> None:
     started = time.perf_counter()
 
     dataset_ids = {name: dataset_config(name)["data"]["init_args"]["dataset_id"] for name in names}
+    runs_log = args.output.with_suffix(".runs.jsonl")
+    if args.report_only and not runs_log.is_file():
+        parser.error(f"--report-only reads the runs in {runs_log}, which does not exist")
     made = run_parallel(generate, [(dataset_id, dataset_steps) for dataset_id in dataset_ids.values()], args.jobs)
     datasets = {name: found for name, found in zip(names, made)}
 
@@ -230,10 +243,13 @@ def main() -> None:
         for value_fraction, policy_fraction in scaling_cells
         for seed in args.seeds
     ]
-    runs_log = args.output.with_suffix(".runs.jsonl")
-    if not args.resume:
-        runs_log.unlink(missing_ok=True)
-    runs = train_all(specs, args.jobs, runs_log)
+    if args.report_only:
+        wanted = {run_key(spec) for spec in specs}
+        runs = [run for run in logged_runs(runs_log) if run_key(run) in wanted]
+    else:
+        if not args.resume:
+            runs_log.unlink(missing_ok=True)
+        runs = train_all(specs, args.jobs, runs_log)
     wall_seconds = time.perf_counter() - started
 
     def scores(dataset, value, extraction, mode="plain", value_fraction=1.0, policy_fraction=1.0):
@@ -278,10 +294,12 @@ def main() -> None:
 
 
 def write_markdown(path: Path, header: dict, args, summary: dict, scores) -> None:
+    seeds = len(header["seeds"])
     lines = [
         "# Value learning x policy extraction (Park et al. 2024) on data generated here",
         "",
-        f"- Date: {header['date']}; device: {header['device']}; jobs: {header['jobs']}; wall time {header['wall_s']} s.",
+        f"- Date: {header['date']}; device: {header['device']}; jobs: {header['jobs']}; "
+        + ("tables written by --report-only from the runs log." if args.report_only else f"wall time {header['wall_s']} s."),
         f"- Budget: {header['updates_per_run']} updates per run{' (--quick smoke budget: tiny networks)' if args.quick else ''};"
         f" seeds {header['seeds']}; recipes configs/value_extraction/<dataset>.yaml"
         + (f" with {', '.join(header['layers'])} layered on" if header["layers"] else "") + ".",
@@ -300,13 +318,13 @@ def write_markdown(path: Path, header: dict, args, summary: dict, scores) -> Non
             if value == "crl" and not is_goal_dataset(name):
                 lines.append(f"| crl | " + " | ".join("n/a (goal tasks only)" for _ in EXTRACTIONS) + " |")
                 continue
-            lines.append(f"| {value} | " + " | ".join(cell(scores(name, value, e)) for e in EXTRACTIONS) + " |")
+            lines.append(f"| {value} | " + " | ".join(cell(scores(name, value, e), seeds) for e in EXTRACTIONS) + " |")
         lines += ["", f"Test-time improvement on {name} (the same trained networks):", "",
                   "| pair | as trained | OPEX | TTT |", "| --- | --- | --- | --- |"]
         for value in VALUES:
             for extraction in EXTRACTIONS:
                 if scores(name, value, extraction):
-                    lines.append(f"| {value}+{extraction} | " + " | ".join(cell(scores(name, value, extraction, m)) for m in MODES) + " |")
+                    lines.append(f"| {value}+{extraction} | " + " | ".join(cell(scores(name, value, extraction, m), seeds) for m in MODES) + " |")
         lines.append("")
     if summary["scaling"]:
         lines += [f"## Data scaling on {args.scaling_dataset} (IQL value): value data fraction (rows) x policy data fraction (columns)", ""]
@@ -315,7 +333,7 @@ def write_markdown(path: Path, header: dict, args, summary: dict, scores) -> Non
                       "| --- |" + " --- |" * len(args.fractions)]
             for value_fraction in args.fractions:
                 lines.append(f"| {value_fraction} | " + " | ".join(
-                    cell(scores(args.scaling_dataset, "iql", extraction, "plain", value_fraction, p)) for p in args.fractions) + " |")
+                    cell(scores(args.scaling_dataset, "iql", extraction, "plain", value_fraction, p), seeds) for p in args.fractions) + " |")
             lines.append("")
     lines += ["Coverage vs optimality (same-size expert-only vs noisier data) is not measured here.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)

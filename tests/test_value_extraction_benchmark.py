@@ -50,3 +50,16 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["runs"] == [run]
     assert "Seed set to" in result.stderr and "Seed set to" not in resumed.stderr  # nothing was trained again
+
+    # --report-only writes the tables of two seeds from the one logged run, saying n=1, and trains nothing.
+    report = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "value_extraction.py"), "--quick", "--seeds", "0", "1",
+            "--datasets", "hopper-medium", "--values", "iql", "--extractions", "ddpgbc", "--fractions",
+            "--dataset-steps", "2000", "--output", str(output), "--report-only",
+        ],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert report.returncode == 0 and "Seed set to" not in report.stderr, report.stderr[-3000:]
+    assert json.loads(report.stdout.strip().splitlines()[-1])["runs"] == [run]
+    assert f"| iql+ddpgbc | {run['scores']['plain']:.2f} ± 0.00 (n=1) |" in output.read_text()
