@@ -155,21 +155,24 @@ class ReplayDataModule(TransitionDataModule):
             self.transitions["episode_last"][self.episode_start[env] : row + 1] = row
             self.episode_step[env] += 1
             if done[env]:
-                self.episode_start[env] = row + 1
-                self.episode_step[env] = 0
-                self.episode_ids[env] = self.next_episode_id
-                self.next_episode_id += 1
+                self._start_episode(env, row + 1)
         self.filled += 1
+
+    def _start_episode(self, env: int, row: int) -> None:
+        """Env `env`'s next step starts a new episode at `row`."""
+        self.episode_start[env] = row
+        self.episode_step[env] = 0
+        self.episode_ids[env] = self.next_episode_id
+        self.next_episode_id += 1
 
     def state_dict(self) -> dict:
         """The sampler state and the stored transitions in the compact layout of `stored()`, so that a resumed
         online run continues from the same data (a different data.capacity is fine if the data still fits)."""
-        offsets = [env * self.rows_per_env for env in range(self.num_envs)]
         return super().state_dict() | {
             "stored": self.stored().cpu().to_dict() if self.filled else None,  # plain tensors: weights_only loads
             "filled": self.filled,
             "num_envs": self.num_envs,
-            "episode_start": [start - offset for start, offset in zip(self.episode_start, offsets)],
+            "episode_start": [start - env * self.rows_per_env for env, start in enumerate(self.episode_start)],
             "episode_step": list(self.episode_step),
             "episode_ids": list(self.episode_ids),
             "next_episode_id": self.next_episode_id,
@@ -202,10 +205,7 @@ class ReplayDataModule(TransitionDataModule):
                 last = env * self.rows_per_env + filled - 1
                 self.transitions["next", "truncated"][last] = True
                 self.transitions["next", "done"][last] = True
-                self.episode_start[env] = last + 1
-                self.episode_step[env] = 0
-                self.episode_ids[env] = self.next_episode_id
-                self.next_episode_id += 1
+                self._start_episode(env, last + 1)
 
     def sample(self, batch_size: int) -> TensorDict:
         if self.filled == 0:

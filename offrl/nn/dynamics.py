@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from offrl.nn.ensemble import EnsembleLinear, ensemble_mlp
-from offrl.objectives.dynamics import layer_weight_decay
 from offrl.nn.mlp import Normalizer
+from offrl.objectives.dynamics import layer_weight_decay
 
 
 def soft_clamp(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
