@@ -7,7 +7,10 @@ For every dataset (a recipe configs/value_extraction/<dataset>.yaml; CRL layers 
 seed, trains every value (SARSA, IQL, CRL) x extraction (AWR, DDPG+BC, SfBC) pair for U updates through the offrl
 CLI, then evaluates the same trained networks three times: as trained, with OPEX and with TTT (opex.yaml and
 ttt.yaml of the same folder). A data-scaling matrix trains IQL with AWR and DDPG+BC on the first {0.1, 1.0} of the
-episodes for the value and, independently, for the policy (--fractions). Missing datasets are generated first at
+episodes for the value and, independently, for the policy (--fractions). A coverage table trains SARSA and IQL
+with AWR and DDPG+BC (--coverage-values, --extractions) on same-size datasets that differ in coverage and optimality
+(--coverage-ids: the maze recipe without action noise, `-expert`, and with N(0, 2^2), `-explore`), next to the
+recipe's own N(0, 0.5^2) data, and counts how many goals each reached and how many state cells it visits. Missing datasets are generated first at
 --dataset-steps steps (seed 0) into MINARI_DATASETS_PATH; an existing dataset is used as it is and its size reported.
 Runs go to --jobs processes (one torch thread each on CPU); each finished run is appended to <output>.runs.jsonl
 at once, --resume trains only the runs not yet there, and --report-only trains nothing and tabulates the logged
@@ -41,6 +44,8 @@ VALUES = ("sarsa", "iql", "crl")
 EXTRACTIONS = ("awr", "ddpgbc", "sfbc")
 MODES = ("plain", "opex", "ttt")
 SCALING_EXTRACTIONS = ("awr", "ddpgbc")
+# Cell sizes of the coverage count: PointMaze observations are (x, y, vx, vy).
+POSITION_CELL, VELOCITY_CELL = 0.25, 0.5
 
 
 def dataset_config(name: str) -> dict:
@@ -58,6 +63,12 @@ def test_time_callback(name: str):
     return getattr(importlib.import_module(module), cls)(**entry.get("init_args", {}))
 
 
+def occupied_cells(observation: torch.Tensor) -> int:
+    """How many (position / POSITION_CELL, velocity / VELOCITY_CELL) cells of a PointMaze dataset hold a state."""
+    cells = torch.cat([observation[:, :2] / POSITION_CELL, observation[:, 2:4] / VELOCITY_CELL], dim=1).floor()
+    return torch.unique(cells, dim=0).shape[0]
+
+
 def generate(job: tuple[str, int]) -> dict:
     from offrl.data import minari_io, registry
 
@@ -72,6 +83,7 @@ def generate(job: tuple[str, int]) -> dict:
         "dataset_id": dataset_id,
         "transitions": transitions.batch_size[0],
         "episodes": info.num_episodes,
+        "occupied_cells": occupied_cells(transitions["observation"]) if info.is_goal_conditioned else None,
         "generate_s": round(time.perf_counter() - start, 1) if generated else None,
     }
 
@@ -92,6 +104,7 @@ def train_and_evaluate(spec: dict) -> dict:
     configs += spec["layers"]
     with tempfile.TemporaryDirectory() as run_dir:
         args = [arg for path in configs for arg in ("--config", str(path))] + [
+            f"--data.dataset_id={spec['dataset_id']}",
             f"--model.value={spec['value']}",
             f"--model.extraction={spec['extraction']}",
             f"--model.value_data_fraction={spec['value_fraction']}",
@@ -128,7 +141,7 @@ def train_and_evaluate(spec: dict) -> dict:
         scores[mode] = metrics[metric]
     env.close()
     return {
-        **{k: spec[k] for k in ("dataset", "value", "extraction", "seed", "value_fraction", "policy_fraction")},
+        **{k: spec[k] for k in RUN_KEYS},
         "metric": metric,
         "scores": scores,
         "updates_per_s": round(spec["updates"] / train_seconds, 1),
@@ -154,15 +167,22 @@ def run_parallel(function, items: list, jobs: int) -> list:
         return pool.map(function, items, chunksize=1)
 
 
-RUN_KEYS = ("dataset", "value", "extraction", "seed", "value_fraction", "policy_fraction")
+RUN_KEYS = ("dataset", "dataset_id", "value", "extraction", "seed", "value_fraction", "policy_fraction")
 
 
 def run_key(run: dict) -> tuple:
     return tuple(run[key] for key in RUN_KEYS)
 
 
+def recipe_dataset_id(name: str) -> str:
+    return dataset_config(name)["data"]["init_args"]["dataset_id"]
+
+
 def logged_runs(runs_log: Path) -> list[dict]:
-    return [json.loads(line) for line in runs_log.read_text().splitlines()] if runs_log.is_file() else []
+    runs = [json.loads(line) for line in runs_log.read_text().splitlines()] if runs_log.is_file() else []
+    for run in runs:  # runs logged before the coverage table trained on their recipe's dataset
+        run.setdefault("dataset_id", recipe_dataset_id(run["dataset"]))
+    return runs
 
 
 def train_all(specs: list[dict], jobs: int, runs_log: Path) -> list[dict]:
@@ -194,10 +214,16 @@ def main() -> None:
     parser.add_argument("--updates", type=int, help="updates per run (default 100000; --quick 30)")
     parser.add_argument("--dataset-steps", type=int, help="size of generated datasets (default 200000; --quick 3000)")
     parser.add_argument(
-        "--datasets", nargs="+", default=["pointmaze-umaze", "pointmaze-large", "hopper-medium", "halfcheetah-medium"]
+        "--datasets", nargs="*", default=["pointmaze-umaze", "pointmaze-large", "hopper-medium", "halfcheetah-medium"]
     )
     parser.add_argument("--scaling-dataset", default="pointmaze-umaze", help="dataset of the data-scaling matrix")
     parser.add_argument("--fractions", type=float, nargs="*", default=[0.1, 1.0], help="none: skip the scaling matrix")
+    parser.add_argument("--coverage-dataset", default="pointmaze-umaze", help="recipe of the coverage table")
+    parser.add_argument(
+        "--coverage-ids", nargs="*", default=["offrl/pointmaze/umaze-expert-v0", "offrl/pointmaze/umaze-explore-v0"],
+        help="same-size datasets beside the recipe's own in the coverage table (none: skip it)",
+    )
+    parser.add_argument("--coverage-values", nargs="+", choices=VALUES, default=["sarsa", "iql"])
     parser.add_argument("--values", nargs="+", choices=VALUES, default=list(VALUES))
     parser.add_argument("--extractions", nargs="+", choices=EXTRACTIONS, default=list(EXTRACTIONS))
     parser.add_argument("--layer", type=Path, nargs="*", default=[], help="config files layered on every run (e.g. a smaller budget)")
@@ -213,19 +239,22 @@ def main() -> None:
     args = parser.parse_args()
     updates = args.updates or (30 if args.quick else 100_000)
     dataset_steps = args.dataset_steps or (3000 if args.quick else 200_000)
-    names = list(dict.fromkeys(args.datasets + [args.scaling_dataset] if args.fractions else args.datasets))
+    names = list(dict.fromkeys(
+        args.datasets + ([args.scaling_dataset] if args.fractions else []) + ([args.coverage_dataset] if args.coverage_ids else [])
+    ))
     started = time.perf_counter()
 
-    dataset_ids = {name: dataset_config(name)["data"]["init_args"]["dataset_id"] for name in names}
+    dataset_ids = {name: recipe_dataset_id(name) for name in names}
+    dataset_ids.update({dataset_id: dataset_id for dataset_id in args.coverage_ids})
     runs_log = args.output.with_suffix(".runs.jsonl")
     if args.report_only and not runs_log.is_file():
         parser.error(f"--report-only reads the runs in {runs_log}, which does not exist")
     made = run_parallel(generate, [(dataset_id, dataset_steps) for dataset_id in dataset_ids.values()], args.jobs)
-    datasets = {name: found for name, found in zip(names, made)}
+    datasets = dict(zip(dataset_ids, made))
 
     base = {"quick": args.quick, "device": args.device, "updates": updates, "layers": [str(path) for path in args.layer]}
     specs = [
-        {**base, "dataset": name, "value": value, "extraction": extraction, "seed": seed,
+        {**base, "dataset": name, "dataset_id": dataset_ids[name], "value": value, "extraction": extraction, "seed": seed,
          "value_fraction": 1.0, "policy_fraction": 1.0, "modes": MODES}
         for name in args.datasets
         for value in args.values
@@ -237,10 +266,23 @@ def main() -> None:
     in_main = args.scaling_dataset in args.datasets and "iql" in args.values and set(SCALING_EXTRACTIONS) <= set(args.extractions)
     scaling_cells = [(v, p) for v in args.fractions for p in args.fractions if not (in_main and v == p == 1.0)]
     specs += [
-        {**base, "dataset": args.scaling_dataset, "value": "iql", "extraction": extraction, "seed": seed,
+        {**base, "dataset": args.scaling_dataset, "dataset_id": dataset_ids[args.scaling_dataset], "value": "iql",
+         "extraction": extraction, "seed": seed,
          "value_fraction": value_fraction, "policy_fraction": policy_fraction, "modes": ("plain",)}
         for extraction in SCALING_EXTRACTIONS
         for value_fraction, policy_fraction in scaling_cells
+        for seed in args.seeds
+    ]
+    # Coverage: the recipe's own data comes from the main table when the dataset is in it, else it is trained here.
+    coverage_ids = [dataset_ids[args.coverage_dataset]] + args.coverage_ids if args.coverage_ids else []
+    coverage_extractions = [extraction for extraction in SCALING_EXTRACTIONS if extraction in args.extractions]
+    specs += [
+        {**base, "dataset": args.coverage_dataset, "dataset_id": dataset_id, "value": value, "extraction": extraction,
+         "seed": seed, "value_fraction": 1.0, "policy_fraction": 1.0, "modes": ("plain",)}
+        for dataset_id in coverage_ids
+        if not (dataset_id == dataset_ids[args.coverage_dataset] and args.coverage_dataset in args.datasets)
+        for value in args.coverage_values
+        for extraction in coverage_extractions
         for seed in args.seeds
     ]
     if args.report_only:
@@ -252,14 +294,15 @@ def main() -> None:
         runs = train_all(specs, args.jobs, runs_log)
     wall_seconds = time.perf_counter() - started
 
-    def scores(dataset, value, extraction, mode="plain", value_fraction=1.0, policy_fraction=1.0):
+    def scores(dataset, value, extraction, mode="plain", value_fraction=1.0, policy_fraction=1.0, dataset_id=None):
+        wanted = (dataset, dataset_id or dataset_ids[dataset], value, extraction, value_fraction, policy_fraction)
         return [
             run["scores"][mode] for run in runs
-            if (run["dataset"], run["value"], run["extraction"], run["value_fraction"], run["policy_fraction"])
-            == (dataset, value, extraction, value_fraction, policy_fraction) and mode in run["scores"]
+            if (run["dataset"], run["dataset_id"], run["value"], run["extraction"], run["value_fraction"], run["policy_fraction"])
+            == wanted and mode in run["scores"]
         ]
 
-    summary = {"pairs": {}, "scaling": {}}
+    summary = {"pairs": {}, "scaling": {}, "coverage": {}}
     for name in args.datasets:
         for value in VALUES:
             for extraction in EXTRACTIONS:
@@ -278,6 +321,14 @@ def main() -> None:
                         "mean": mean, "std": std, "n": len(found)
                     }
 
+    for dataset_id in coverage_ids:
+        for value in args.coverage_values:
+            for extraction in coverage_extractions:
+                found = scores(args.coverage_dataset, value, extraction, dataset_id=dataset_id)
+                if found:
+                    mean, std = mean_std(found)
+                    summary["coverage"][f"{dataset_id}/{value}/{extraction}"] = {"mean": mean, "std": std, "n": len(found)}
+
     header = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
@@ -289,11 +340,13 @@ def main() -> None:
         "datasets": datasets,
         "wall_s": round(wall_seconds, 1),
     }
-    write_markdown(args.output, header, args, summary, scores)
+    write_markdown(args.output, header, args, summary, scores, coverage_ids, coverage_extractions)
     print(json.dumps({**header, **summary, "runs": runs}))
 
 
-def write_markdown(path: Path, header: dict, args, summary: dict, scores) -> None:
+def write_markdown(
+    path: Path, header: dict, args, summary: dict, scores, coverage_ids: list[str], coverage_extractions: list[str]
+) -> None:
     seeds = len(header["seeds"])
     lines = [
         "# Value learning x policy extraction (Park et al. 2024) on data generated here",
@@ -335,7 +388,22 @@ def write_markdown(path: Path, header: dict, args, summary: dict, scores) -> Non
                 lines.append(f"| {value_fraction} | " + " | ".join(
                     cell(scores(args.scaling_dataset, "iql", extraction, "plain", value_fraction, p), seeds) for p in args.fractions) + " |")
             lines.append("")
-    lines += ["Coverage vs optimality (same-size expert-only vs noisier data) is not measured here.", ""]
+    if coverage_ids:
+        pairs = [(value, extraction) for value in args.coverage_values for extraction in coverage_extractions]
+        lines += [
+            f"## Coverage vs optimality on {args.coverage_dataset}: same-size datasets (rows) x pairs (columns)", "",
+            (f"Goals reached = episodes (each ends at a reached goal); cells = occupied (position / {POSITION_CELL}, "
+             f"velocity / {VELOCITY_CELL}) cells."), "",
+            "| dataset | transitions | goals reached | cells | " + " | ".join(f"{v}+{e}" for v, e in pairs) + " |",
+            "| --- | --- | --- | --- |" + " --- |" * len(pairs),
+        ]
+        for dataset_id in coverage_ids:
+            found = header["datasets"][args.coverage_dataset if dataset_id == coverage_ids[0] else dataset_id]
+            lines.append(
+                f"| {dataset_id} | {found['transitions']} | {found['episodes']} | {found['occupied_cells']} | "
+                + " | ".join(cell(scores(args.coverage_dataset, v, e, dataset_id=dataset_id), seeds) for v, e in pairs) + " |"
+            )
+        lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 

@@ -41,10 +41,11 @@ class Recipe:
     default_episodes: int | None = None
 
 
-def _pointmaze(maze: str, **kwargs) -> GeneratedDataset:
+def _pointmaze(maze: str, variant: str = "", **kwargs) -> GeneratedDataset:
     from offrl.data.generators import pointmaze
 
-    return pointmaze.generate(maze, **kwargs)
+    noise = {"": pointmaze.ACTION_NOISE_STD, "expert": pointmaze.EXPERT_ACTION_NOISE_STD, "explore": pointmaze.EXPLORE_ACTION_NOISE_STD}
+    return pointmaze.generate(maze, action_noise_std=noise[variant], **kwargs)
 
 
 def _mujoco(env: str, level: str, **kwargs) -> GeneratedDataset:
@@ -66,7 +67,12 @@ def _adroit(task: str, **kwargs) -> GeneratedDataset:
 
 
 def _recipes() -> dict[str, Recipe]:
-    recipes = {f"offrl/pointmaze/{maze}-v0": Recipe(partial(_pointmaze, maze), default_steps=1_000_000) for maze in MAZES}
+    recipes = {}
+    for maze in MAZES:
+        recipes[f"offrl/pointmaze/{maze}-v0"] = Recipe(partial(_pointmaze, maze), default_steps=1_000_000)
+        # Same recipe without action noise / with much more: the two sides of the coverage-vs-optimality question.
+        for variant in ("expert", "explore"):
+            recipes[f"offrl/pointmaze/{maze}-{variant}-v0"] = Recipe(partial(_pointmaze, maze, variant), default_steps=1_000_000)
     for env in MUJOCO_ENVS:
         for level in MUJOCO_LEVELS:
             # D4RL's medium-expert concatenates the 1M-step medium and expert sets.

@@ -80,6 +80,13 @@ PLANNER_GAMMA = 0.99
 P_GAIN = 10.0
 D_GAIN = -1.0
 ACTION_NOISE_STD = 0.5
+# Variants for the coverage-vs-optimality question (Park et al. 2024), same planner and controller: `-expert`
+# without noise (the controller's own paths, narrowest coverage) and `-explore` with N(0, 2^2) noise. The PD
+# action is mostly beyond the clip at 1, so noise changes optimality little: on 30k UMaze steps the noise-free,
+# 1.0 and 2.0 controllers reach 377, 379 and 342 goals while visiting 3396, 4778 and 6648 cells of
+# (position / 0.25, velocity / 0.5).
+EXPERT_ACTION_NOISE_STD = 0.0
+EXPLORE_ACTION_NOISE_STD = 2.0
 # The controller moves on to the next waypoint once within this distance of the current one.
 WAYPOINT_THRESHOLD = 0.1
 # Intermediate waypoints are the cell centre minus U(0, 0.2) per axis, so that paths vary between visits.
@@ -248,7 +255,13 @@ def eval_env_spec(maze: str) -> EnvSpec:
 
 
 def collect(
-    env: gym.Env, *, steps: int | None, episodes: int | None, seed: int, progress: Progress
+    env: gym.Env,
+    *,
+    steps: int | None,
+    episodes: int | None,
+    seed: int,
+    progress: Progress,
+    action_noise_std: float = ACTION_NOISE_STD,
 ) -> list[EpisodeBuffer]:
     """Run the noisy waypoint controller in a continuing PointMaze env, cutting an episode at each reached goal."""
     rng = np.random.default_rng(seed)  # action noise and waypoint jitter, in the order Minari draws them
@@ -258,7 +271,7 @@ def collect(
     finished: list[EpisodeBuffer] = []
     total_steps = 0
     while True:
-        noisy_action = controller(obs) + rng.normal(0.0, ACTION_NOISE_STD, size=2)
+        noisy_action = controller(obs) + rng.normal(0.0, action_noise_std, size=2)
         # Stored as float32; the env gets the very same values so the data replays exactly.
         action = np.clip(noisy_action, -1.0, 1.0).astype(np.float32)
         obs, reward, terminated, env_truncated, info = env.step(action)
@@ -280,20 +293,33 @@ def collect(
         recorder = _EpisodeRecorder(obs, info)
 
 
-def generate(maze: str, *, steps: int | None, episodes: int | None, seed: int, progress: Progress) -> GeneratedDataset:
+def generate(
+    maze: str,
+    *,
+    steps: int | None,
+    episodes: int | None,
+    seed: int,
+    progress: Progress,
+    action_noise_std: float = ACTION_NOISE_STD,
+) -> GeneratedDataset:
     """A dataset of `steps` env steps (the last episode cut there) or of `episodes` complete episodes, in the
-    maze "umaze", "medium" or "large"; the same seed gives the same arrays."""
+    maze "umaze", "medium" or "large"; the same seed gives the same arrays. `action_noise_std` other than the
+    recipe's 0.5 makes a variant that is no longer D4RL's (the description says so)."""
     if maze not in ENV_IDS:
         raise ValueError(f"unknown maze {maze!r}; expected one of {sorted(ENV_IDS)}")
     if (steps is None) == (episodes is None):
         raise ValueError("give exactly one of steps and episodes")
     env = collection_env(maze)
     try:
-        buffers = collect(env, steps=steps, episodes=episodes, seed=seed, progress=progress)
+        buffers = collect(env, steps=steps, episodes=episodes, seed=seed, progress=progress, action_noise_std=action_noise_std)
         env_spec = env.spec
     finally:
         env.close()
     ref_min, ref_max = reference_scores(ENV_IDS[maze])
+    variant = (
+        "" if action_noise_std == ACTION_NOISE_STD
+        else f" This variant adds N(0, {action_noise_std}^2) noise instead of the recipe's N(0, {ACTION_NOISE_STD}^2)."
+    )
     return GeneratedDataset(
         episodes=buffers,
         env_spec=env_spec,
@@ -306,6 +332,7 @@ def generate(maze: str, *, steps: int | None, episodes: int | None, seed: int, p
             f"maze2d-{maze}: a PD controller follows waypoints planned by Q-iteration over the maze grid, with "
             "Gaussian action noise. The task is continuing: on reaching a goal the env draws a new one and the "
             "ball carries on; each reached goal ends an episode as a truncation. Evaluation uses one fixed goal."
+            + variant
         ),
         metadata={
             "recipe": "minari-dataset-generation-scripts/scripts/pointmaze/create_pointmaze_dataset.py",
@@ -318,7 +345,7 @@ def generate(maze: str, *, steps: int | None, episodes: int | None, seed: int, p
             "d_gain": D_GAIN,
             "waypoint_threshold": WAYPOINT_THRESHOLD,
             "waypoint_jitter": WAYPOINT_JITTER,
-            "action_noise_std": ACTION_NOISE_STD,
+            "action_noise_std": action_noise_std,
             "action": "clip(pd_action + noise, -1, 1), pd_action unclipped as in Minari",
             "goal_radius": GOAL_RADIUS,
             "episode_end": "truncated at each reached goal",
