@@ -177,6 +177,46 @@ def test_ensemble_learns_and_keeps_its_best_members_as_elites():
     assert set(model.elites.tolist()) == set(errors.argsort()[:2].tolist())
 
 
+def test_ensemble_layers_start_as_mopos_truncated_normal():
+    torch.manual_seed(0)
+    model = EnsembleDynamics(11, 3, hidden_dims=(200, 200), num_members=7, num_elites=5)
+    for layer in model.member_layers():
+        std = 1 / (2 * layer.weight.shape[1] ** 0.5)
+        assert torch.all(layer.bias == 0) and layer.weight.abs().max() <= 2 * std
+        assert abs(layer.weight.std().item() / std - 0.88) < 0.05  # a N(0, std) cut at 2 std has std 0.88 std
+
+
+def test_each_member_keeps_its_own_best_epoch_and_only_drops_over_the_threshold_count(monkeypatch):
+    """MOPO/MBPO's early stopping: a member's snapshot is taken when its hold-out error falls by more than 1 %, and
+    pretraining stops once no member has improved for `patience` epochs."""
+    import offrl.algos.admpo as admpo
+
+    torch.manual_seed(0)
+    transitions, _, _ = linear_system(episodes=10)
+    model = EnsembleDynamics(4, 2, hidden_dims=(8,), num_members=2, num_elites=1)
+    model.fit_normalizers(transitions["observation"], transitions["action"])
+    # Hold-out errors per epoch: member 0 is best at epoch 2; member 1's 0.5 % drop at epoch 3 does not count,
+    # its 10 % drop at epoch 4 does; then two epochs without improvement end it (patience 2).
+    scripted = [[1.0, 1.0], [0.5, 1.2], [0.6, 0.995], [0.7, 0.9], [0.8, 0.95], [0.9, 0.95], [0.5, 0.9]]
+    snapshots = []
+
+    def scripted_errors(model, transitions, starts):
+        snapshots.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
+        return torch.tensor(scripted[len(snapshots) - 1])
+
+    monkeypatch.setattr(admpo, "holdout_errors", scripted_errors)
+    history = pretrain_dynamics(
+        model, transitions, 1, batch_size=32, lr=1e-2, patience=2, updates_per_epoch=5, progress=False, improvement=0.01
+    )
+    assert len(history) == 6 and len(snapshots) == 7  # six epochs, then one call to pick the elites
+    final = model.state_dict()
+    for name in model.member_state_names():
+        assert torch.equal(final[name][0], snapshots[1][name][0])  # member 0 from epoch 2
+        assert torch.equal(final[name][1], snapshots[3][name][1])  # member 1 from epoch 4, not epoch 3
+        assert not torch.equal(snapshots[1][name][0], snapshots[5][name][0])  # training did move the weights
+    assert model.elites.tolist() == [0]  # picked on the restored members' errors, the last call's [0.5, 0.9]
+
+
 def test_ensemble_weight_decay_is_tensorflows_per_layer_l2_and_shrinks_the_trained_weights():
     model = EnsembleDynamics(4, 2, hidden_dims=(8,), num_members=3, num_elites=2, weight_decay=[0.1, 0.2])
     first, last = model.net[0].weight, model.net[2].weight

@@ -78,6 +78,18 @@ def holdout_errors(model: Dynamics, transitions: TensorDict, starts: list[torch.
     return torch.stack(errors) if isinstance(model, AnyStepDynamics) else errors[0]
 
 
+@torch.no_grad()
+def save_best(model: Dynamics, best_state: dict[str, torch.Tensor], improved: torch.Tensor) -> None:
+    """Copy the improved members' slices (an ensemble) or the whole model into `best_state`; an ensemble's shared
+    entries follow its latest snapshot."""
+    members = set(model.member_state_names()) if isinstance(model, EnsembleDynamics) else set()
+    for name, tensor in model.state_dict().items():
+        if name in members:
+            best_state[name][improved.to(tensor.device)] = tensor[improved.to(tensor.device)]
+        else:
+            best_state[name] = tensor.clone()
+
+
 def pretrain_dynamics(
     model: Dynamics,
     transitions: TensorDict,
@@ -90,15 +102,18 @@ def pretrain_dynamics(
     max_epochs: int | None = None,
     updates_per_epoch: int | None = None,
     progress: bool = True,
+    improvement: float = 0.0,
 ) -> list[float]:
     """Fit a dynamics model by NLL with hold-out early stopping, as the official ADMPO code; returns the hold-out
     error (mean over k, or over members) of every epoch. The model ends with its best hold-out parameters.
 
     The hold-out set is the last min(holdout_fraction * N, max_holdout) transitions; no window crosses the split
     or an episode boundary. An epoch is N_train / batch_size * max_window updates (unless `updates_per_epoch`),
-    each on windows of one k ~ U{1..max_window}; training stops after `patience` epochs without a better mean
-    hold-out error (or after `max_epochs`). An ensemble draws separate windows for each member and keeps as
-    elites the members with the lowest hold-out error.
+    each on windows of one k ~ U{1..max_window}; training stops after `patience` epochs without a hold-out error
+    lower than the best by more than the relative `improvement` (or after `max_epochs`). An ensemble draws
+    separate windows for each member, keeps each member's own best parameters (MOPO/MBPO's per-member snapshots:
+    it stops once no member has improved for `patience` epochs) and keeps as elites the members with the lowest
+    hold-out error.
     """
     size = transitions.batch_size[0]
     holdout = min(int(holdout_fraction * size), max_holdout)
@@ -115,7 +130,9 @@ def pretrain_dynamics(
     members = (model.num_members,) if ensemble else ()
     updates = updates_per_epoch or max(train_end // batch_size, 1) * max_window
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    best_error, best_state, since_best, history = float("inf"), copy.deepcopy(model.state_dict()), 0, []
+    # Best hold-out error per member (an ensemble) or of the whole model, and the parameters that gave it.
+    best_errors = torch.full((model.num_members if ensemble else 1,), float("inf"))
+    best_state, since_best, history = copy.deepcopy(model.state_dict()), 0, []
     model.train()
     epochs = tqdm(desc="pretraining dynamics", unit="epoch", disable=not progress, dynamic_ncols=True)
     while since_best < patience and (max_epochs is None or len(history) < max_epochs):
@@ -131,14 +148,18 @@ def pretrain_dynamics(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        error = holdout_errors(model, transitions, holdout_starts).mean().item()  # one sync per epoch
-        history.append(error)
-        if error < best_error:
-            best_error, best_state, since_best = error, copy.deepcopy(model.state_dict()), 0
+        errors = holdout_errors(model, transitions, holdout_starts).cpu()  # one sync per epoch
+        history.append(errors.mean().item())
+        errors = errors if ensemble else errors.mean().reshape(1)
+        improved = errors < best_errors * (1.0 - improvement)
+        if improved.any():
+            best_errors = torch.where(improved, errors, best_errors)
+            save_best(model, best_state, improved)
+            since_best = 0
         else:
             since_best += 1
         epochs.update()
-        epochs.set_postfix(holdout_mse=error, best=best_error)
+        epochs.set_postfix(holdout_mse=history[-1], best=best_errors.mean().item())
     epochs.close()
     model.load_state_dict(best_state)
     if ensemble:
@@ -269,6 +290,7 @@ class ModelBasedSAC(OfflineAlgorithm):
         model_holdout_fraction: float = 0.2,
         model_max_holdout: int = 1000,
         model_patience: int = 25,
+        model_improvement: float = 0.0,
         model_max_epochs: int | None = None,
         model_updates_per_epoch: int | None = None,
         hidden_dims: Sequence[int] = (256, 256),
@@ -301,6 +323,7 @@ class ModelBasedSAC(OfflineAlgorithm):
             model_lr, model_batch_size: Adam learning rate and batch of model pretraining.
             model_holdout_fraction, model_max_holdout: hold-out = min(fraction * N, max) last transitions.
             model_patience: epochs without a better hold-out error before pretraining stops.
+            model_improvement: relative drop of the hold-out error that counts as better (MOPO/MBPO: 0.01).
             model_max_epochs: an upper bound on pretraining epochs (None: only early stopping).
             model_updates_per_epoch: updates per epoch (None: N_train / model_batch_size * max_window).
             hidden_dims, discount, tau, init_alpha, learn_alpha, target_entropy: the SAC agent.
@@ -335,6 +358,8 @@ class ModelBasedSAC(OfflineAlgorithm):
                 raise OffrlError(f"model.{name_} must be a positive integer, got {value}")
         if model_rows < 0:
             raise OffrlError(f"model.model_rows must be >= 0, got {model_rows}")
+        if not 0.0 <= model_improvement < 1.0:
+            raise OffrlError(f"model.model_improvement must be in [0, 1) (a relative drop, e.g. 0.01), got {model_improvement}")
         check_td_settings(discount, tau)
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -391,7 +416,7 @@ class ModelBasedSAC(OfflineAlgorithm):
         history = pretrain_dynamics(
             self.dynamics, self.datamodule.transitions.to(self.device), hp.max_window, hp.model_batch_size, hp.model_lr,
             hp.model_holdout_fraction, hp.model_max_holdout, hp.model_patience, hp.model_max_epochs,
-            hp.model_updates_per_epoch, progress=self.trainer.is_global_zero,
+            hp.model_updates_per_epoch, progress=self.trainer.is_global_zero, improvement=hp.model_improvement,
         )
         self.dynamics_trained.fill_(True)
         if self.logger is not None:
@@ -508,6 +533,7 @@ class OnlineModelBasedSAC(ModelBasedSAC):
         history = pretrain_dynamics(
             self.dynamics, stored, hp.max_window, hp.model_batch_size, hp.model_lr, hp.model_holdout_fraction,
             hp.model_max_holdout, hp.model_patience, hp.model_max_epochs, hp.model_updates_per_epoch, progress=False,
+            improvement=hp.model_improvement,
         )
         horizon = self.rollout_horizon_at(env_steps)
         self.rollout_round(stored, window_starts(stored["episode_last"], hp.max_window), horizon)

@@ -6,6 +6,7 @@ normalise their inputs with statistics fixed from the dataset (buffers, so check
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -134,8 +135,20 @@ class EnsembleDynamics(nn.Module):
         self.obs_normalizer = Normalizer(obs_dim)
         self.action_normalizer = Normalizer(action_dim)
         self.net = ensemble_mlp(num_members, obs_dim + action_dim, list(hidden_dims), 2 * (obs_dim + 1), activation=nn.SiLU)
+        for layer in self.member_layers():  # MOPO/MBPO's init: truncated normal, std 1 / (2 sqrt(fan_in)), zero bias
+            std = 1.0 / (2.0 * math.sqrt(layer.weight.shape[1]))
+            nn.init.trunc_normal_(layer.weight, std=std, a=-2.0 * std, b=2.0 * std)
+            nn.init.zeros_(layer.bias)
         self.bounds = LogVarBounds(obs_dim + 1)
         self.register_buffer("elites", torch.arange(num_elites))
+
+    def member_layers(self) -> list[EnsembleLinear]:
+        return [layer for layer in self.net if isinstance(layer, EnsembleLinear)]
+
+    def member_state_names(self) -> list[str]:
+        """The state_dict entries that hold one slice per member (dim 0); the rest (normalisers, log-variance
+        bounds, elites) are shared."""
+        return [f"net.{i}.{name}" for i, layer in enumerate(self.net) if isinstance(layer, EnsembleLinear) for name in ("weight", "bias")]
 
     def fit_normalizers(self, observations: torch.Tensor, actions: torch.Tensor) -> None:
         self.obs_normalizer.fit(observations)
@@ -145,8 +158,7 @@ class EnsembleDynamics(nn.Module):
         """The per-layer weight decay term of the training loss (0 without weight_decay)."""
         if not self.weight_decay:
             return 0.0
-        weights = [layer.weight for layer in self.net if isinstance(layer, EnsembleLinear)]
-        return layer_weight_decay(weights, self.weight_decay)
+        return layer_weight_decay([layer.weight for layer in self.member_layers()], self.weight_decay)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [B, obs] or [E, B, obs] (one batch per member) -> mean, log-variance [E, B, obs + 1]."""
