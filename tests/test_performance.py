@@ -12,6 +12,7 @@ import torch
 from conftest import trainer as quiet_trainer
 from conftest import write_synthetic
 
+from offrl.algos.admpo import ModelBasedSAC
 from offrl.algos.bc import BC
 from offrl.algos.rsp import RSP
 from offrl.algos.value_policy import ValuePolicy
@@ -61,7 +62,17 @@ def rsp() -> tuple[RSP, SkipStepDataModule]:
     return model, SkipStepDataModule(MAZE, batch_size=32, steps_per_epoch=12, scales=[2, 4])
 
 
-@pytest.mark.parametrize("make,max_steps", [(iql_ddpgbc, 20), (rsp, 12)])
+def mopo() -> tuple[ModelBasedSAC, TransitionDataModule]:
+    # Roll-out rounds at updates 0 and 8: trainer-step starts with 1 and with 4 updates per step.
+    model = ModelBasedSAC(
+        dynamics="ensemble", max_window=1, rollout_horizon=2, ensemble_hidden_dims=[8], ensemble_members=3,
+        ensemble_elites=2, model_max_epochs=1, model_updates_per_epoch=5, hidden_dims=[16, 16], model_rows=16,
+        rollout_every=8, rollout_batch_size=32,
+    )
+    return model, TransitionDataModule(HOPPER, batch_size=8, steps_per_epoch=16)
+
+
+@pytest.mark.parametrize("make,max_steps", [(iql_ddpgbc, 20), (rsp, 12), (mopo, 16)])
 def test_several_updates_per_step_train_exactly_like_one(make, max_steps):
     one = make()
     trainer_one = fit(*one, max_steps, UpdateLoop(updates_per_step=1))
@@ -87,7 +98,7 @@ def test_curves_are_in_updates_whatever_the_updates_per_step(tmp_path):
     assert logged[4] == logged[1]
 
 
-@pytest.mark.parametrize("make,max_steps", [(iql_ddpgbc, 6), (rsp, 12)])
+@pytest.mark.parametrize("make,max_steps", [(iql_ddpgbc, 6), (rsp, 12), (mopo, 10)])
 def test_compiled_update_gives_the_eager_numbers(make, max_steps, monkeypatch):
     eager = make()
     fit(*eager, max_steps, UpdateLoop())
@@ -121,6 +132,12 @@ def test_update_loop_settings_fail_in_one_sentence():
         UpdateLoop(updates_per_step=0)
     with pytest.raises(OffrlError, match="need a cuda device"):
         fit(BC(hidden_dims=[16]), TransitionDataModule(HOPPER, steps_per_epoch=20), 2, UpdateLoop(cuda_graphs=True))
+    model, datamodule = mopo()
+    with pytest.raises(OffrlError, match="rollout_every 8 must be a multiple of performance.updates_per_step 16"):
+        fit(model, datamodule, 16, UpdateLoop(updates_per_step=16), log_every=16)
+    model, datamodule = mopo()
+    with pytest.raises(OffrlError, match="cannot capture a model-based SAC update"):
+        fit(model, datamodule, 16, UpdateLoop(cuda_graphs=True))
 
 
 def test_parallel_evaluation_returns_the_serial_numbers():

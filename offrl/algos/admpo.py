@@ -29,7 +29,7 @@ from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 from offrl.algos.base import OfflineAlgorithm, check_td_settings
-from offrl.algos.sac import SACAgent, sac_update
+from offrl.algos.sac import SACAgent, SACUpdates
 from offrl.data.datamodules import window_starts
 from offrl.data.minari_io import DatasetInfo
 from offrl.envs.termination import TerminationFn, termination_fn
@@ -267,7 +267,7 @@ class ModelBuffer:
 # -- the algorithm -----------------------------------------------------------------------------------------
 
 
-class ModelBasedSAC(OfflineAlgorithm):
+class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
     """ADMPO-OFF (`dynamics: any_step`) or MOPO (`dynamics: ensemble`): see the module docstring."""
 
     def __init__(
@@ -410,9 +410,12 @@ class ModelBasedSAC(OfflineAlgorithm):
     # -- model -------------------------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
+        hp = self.hparams
+        per_step = self.datamodule.updates_per_step  # roll-out rounds start on trainer steps
+        if hp.rollout_every % per_step:
+            raise OffrlError(f"model.rollout_every {hp.rollout_every} must be a multiple of performance.updates_per_step {per_step}")
         if bool(self.dynamics_trained):
             return
-        hp = self.hparams
         history = pretrain_dynamics(
             self.dynamics, self.datamodule.transitions.to(self.device), hp.max_window, hp.model_batch_size, hp.model_lr,
             hp.model_holdout_fraction, hp.model_max_holdout, hp.model_patience, hp.model_max_epochs,
@@ -447,15 +450,25 @@ class ModelBasedSAC(OfflineAlgorithm):
         if self.global_step % self.hparams.rollout_every == 0:
             self.rollout_round(self.datamodule.transitions, self.rollout_starts, self.hparams.rollout_horizon)
 
-    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
-        hp = self.hparams
+    def training_step(self, batch: TensorDict | list[TensorDict], batch_idx: int) -> dict[str, torch.Tensor]:
         self.model_buffer.to(self.device)
         self.refresh_model_data()
+        return super().training_step(batch, batch_idx)
+
+    def losses(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        """SAC's losses on the real rows of `batch` and model_rows model rows."""
         real = batch.select(*SAC_KEYS)
         real["next", "reward"] = real["next", "reward"].float()
-        mixed = torch.cat([real, self.model_buffer.sample(hp.model_rows)]) if hp.model_rows else real
-        sac_update(self, self.agent, mixed)
-        self.lr_schedulers().step()
+        model_rows = self.hparams.model_rows
+        return super().losses(torch.cat([real, self.model_buffer.sample(model_rows)]) if model_rows else real)
+
+    def accelerate_update(self, compile: bool = False, cuda_graphs: bool = False) -> None:
+        if cuda_graphs:
+            raise OffrlError(
+                "performance.cuda_graphs cannot capture a model-based SAC update: its model buffer grows between "
+                "roll-out rounds; set it false (performance.compile works)"
+            )
+        super().accelerate_update(compile, cuda_graphs)
 
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         return self.agent.act(observation, deterministic=True)

@@ -161,12 +161,6 @@ class OfflineAlgorithm(L.LightningModule):
         self.after_optimizer_step()
         return {name: loss.detach() for name, loss in losses.items()}
 
-    def step_optimizers(self, losses: dict[str, torch.Tensor]) -> None:
-        """`update`'s gradient step for modules that write their own training_step (SAC, model-based SAC):
-        one backward of the summed losses, every optimiser steps, and Lightning counts one update."""
-        apply_gradients(losses, self.torch_optimizers(), self.trainer.strategy.pre_backward)
-        self._count_update()
-
     def accelerate_update(self, compile: bool = False, cuda_graphs: bool = False) -> None:
         """Opt in to `torch.compile` of the whole update and/or its capture as one CUDA graph (fixed batch shapes)."""
         self.compile_update, self.cuda_graph_update = compile, cuda_graphs

@@ -136,17 +136,24 @@ class SACAgent(nn.Module):
         }
 
 
-def sac_update(module: OfflineAlgorithm, agent: SACAgent, batch: TensorDict) -> None:
-    """One SAC update of a manually optimised module whose optimisers are those of agent.parameter_groups():
-    every network steps on its own loss, then the target critics follow."""
-    losses = agent.losses(batch)
-    module.step_optimizers(losses)
-    agent.update_target()
-    module.accumulate_losses({name: loss.detach() for name, loss in losses.items()} | {"alpha": agent.alpha.detach()})
-    module.log_losses()
+class SACUpdates:
+    """OfflineAlgorithm's generic update for a module with a SAC agent (`self.agent`) and the optimisers of
+    agent.parameter_groups(): one backward of the three losses, every network steps on its own loss, then the
+    target critics follow; the temperature is logged with the losses."""
+
+    agent: SACAgent
+
+    def losses(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        return self.agent.losses(batch)
+
+    def after_optimizer_step(self) -> None:
+        self.agent.update_target()
+
+    def accumulate_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        super().accumulate_losses(losses | {"alpha": self.agent.alpha.detach()})
 
 
-class SAC(OfflineAlgorithm):
+class SAC(SACUpdates, OfflineAlgorithm):
     """Online SAC: updates on a ReplayDataModule that offrl.callbacks.online.OnlineInteraction fills."""
 
     algorithm_name = "sac"
@@ -195,7 +202,7 @@ class SAC(OfflineAlgorithm):
     def configure_optimizers(self):
         groups = self.agent.parameter_groups()
         learning_rates = {"critic": self.hparams.critic_lr, "alpha": self.hparams.alpha_lr, "actor": self.hparams.actor_lr}
-        # One optimiser per network; OfflineAlgorithm.step_optimizers steps them all after one backward.
+        # One optimiser per network; OfflineAlgorithm.update steps them all after one backward.
         return [torch.optim.Adam(groups[name], lr=lr) for name, lr in learning_rates.items() if groups[name]]
 
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,6 +211,3 @@ class SAC(OfflineAlgorithm):
     def explore(self, observation: torch.Tensor) -> torch.Tensor:
         """The behaviour policy of online interaction: a sample of the policy."""
         return self.agent.act(observation, deterministic=False)
-
-    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
-        sac_update(self, self.agent, batch)
