@@ -10,9 +10,9 @@ ttt.yaml of the same folder). A data-scaling matrix trains IQL with AWR and DDPG
 episodes for the value and, independently, for the policy (--fractions). A coverage table trains SARSA and IQL
 with AWR and DDPG+BC (--coverage-values, --extractions) on same-size datasets that differ in coverage and optimality
 (--coverage-ids: the maze recipe without action noise, `-expert`, and with N(0, 2^2), `-explore`), next to the
-recipe's own N(0, 0.5^2) data, and counts how many goals each reached and how many state cells it visits. Missing datasets are generated first at
---dataset-steps steps (seed 0) into MINARI_DATASETS_PATH; an existing dataset is used as it is and its size reported.
-Runs go to --jobs processes (one torch thread each on CPU); each finished run is appended to <output>.runs.jsonl
+recipe's own N(0, 0.5^2) data, and counts how many goals each reached and how many state cells it visits.
+Missing datasets are generated first at --dataset-steps steps (seed 0) into MINARI_DATASETS_PATH; an existing
+dataset is used as it is and its size reported. Runs go to --jobs processes (one torch thread each on CPU); each finished run is appended to <output>.runs.jsonl
 at once, --resume trains only the runs not yet there, and --report-only trains nothing and tabulates the logged
 runs (a cell with fewer runs than seeds says its n). Writes benchmarks/results/value_extraction.md; the last
 stdout line is one JSON object with every number. Scores: success rate (0-1) on PointMaze, D4RL normalised return
@@ -280,8 +280,8 @@ def main() -> None:
         {**base, "dataset": args.coverage_dataset, "dataset_id": dataset_id, "value": value, "extraction": extraction,
          "seed": seed, "value_fraction": 1.0, "policy_fraction": 1.0, "modes": ("plain",)}
         for dataset_id in coverage_ids
-        if not (dataset_id == dataset_ids[args.coverage_dataset] and args.coverage_dataset in args.datasets)
         for value in args.coverage_values
+        if not (dataset_id == dataset_ids[args.coverage_dataset] and args.coverage_dataset in args.datasets and value in args.values)
         for extraction in coverage_extractions
         for seed in args.seeds
     ]
