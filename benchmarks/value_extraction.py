@@ -357,7 +357,8 @@ def write_markdown(
         f" seeds {header['seeds']}; recipes configs/value_extraction/<dataset>.yaml"
         + (f" with {', '.join(header['layers'])} layered on" if header["layers"] else "") + ".",
         "- Datasets: " + "; ".join(
-            f"{name} = {d['dataset_id']} ({d['transitions']} transitions, {d['episodes']} episodes)"
+            (name if name == d["dataset_id"] else f"{name} = {d['dataset_id']}")
+            + f" ({d['transitions']} transitions, {d['episodes']} episodes)"
             for name, d in header["datasets"].items()
         ) + ".",
         "- Scores: mean ± std over seeds of the success rate (PointMaze, 0-1) or the D4RL normalised return (MuJoCo, x100).",
