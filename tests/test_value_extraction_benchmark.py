@@ -15,10 +15,10 @@ ONE_PAIR = ("--datasets", "hopper-medium", "--values", "iql", "--extractions", "
             "--dataset-steps", "2000")
 
 
-def run_benchmark(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def run_benchmark(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "value_extraction.py"), "--quick", *args],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True, timeout=600,
     )
 
 
@@ -68,6 +68,7 @@ def test_coverage_table_compares_same_size_datasets_of_different_coverage(tmp_pa
     result = run_benchmark(
         tmp_path, "--seeds", "0", "--datasets", "--fractions", "--coverage-values", "iql", "--extractions", "ddpgbc",
         "--dataset-steps", "2000", "--output", str(output),
+        MINARI_DATASETS_PATH=str(tmp_path / "minari"),  # its own store: all three datasets made here, same size
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
