@@ -97,6 +97,7 @@ def time_offrl(model: OfflineAlgorithm, datamodule, args, log_dir: str, max_step
         accelerator="gpu" if args.device == "cuda" else "cpu",
         devices=1,
         max_steps=max_steps,
+        default_root_dir=log_dir,  # where StopCheckpoint saves if the timing is interrupted
         logger=L.pytorch.loggers.TensorBoardLogger(log_dir, name="throughput", default_hp_metric=False),
         log_every_n_steps=args.log_every,
         enable_progress_bar=False,

@@ -152,6 +152,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
+def add(table: dict, key: str, values: list[float]) -> None:
+    """table[key] = mean, std and count of `values`, when there are any."""
+    if values:
+        mean, std = mean_std(values)
+        table[key] = {"mean": mean, "std": std, "n": len(values)}
+
+
 def cell(values: list[float] | None, seeds: int) -> str:
     """mean ± std over the runs; (n=k) when fewer than `seeds` runs made it."""
     if not values:
@@ -307,27 +314,18 @@ def main() -> None:
         for value in VALUES:
             for extraction in EXTRACTIONS:
                 for mode in MODES:
-                    found = scores(name, value, extraction, mode)
-                    if found:
-                        mean, std = mean_std(found)
-                        summary["pairs"][f"{name}/{value}/{extraction}/{mode}"] = {"mean": mean, "std": std, "n": len(found)}
+                    add(summary["pairs"], f"{name}/{value}/{extraction}/{mode}", scores(name, value, extraction, mode))
     for extraction in SCALING_EXTRACTIONS:
         for value_fraction in args.fractions:
             for policy_fraction in args.fractions:
-                found = scores(args.scaling_dataset, "iql", extraction, "plain", value_fraction, policy_fraction)
-                if found:
-                    mean, std = mean_std(found)
-                    summary["scaling"][f"{extraction}/value{value_fraction}/policy{policy_fraction}"] = {
-                        "mean": mean, "std": std, "n": len(found)
-                    }
+                add(summary["scaling"], f"{extraction}/value{value_fraction}/policy{policy_fraction}",
+                    scores(args.scaling_dataset, "iql", extraction, "plain", value_fraction, policy_fraction))
 
     for dataset_id in coverage_ids:
         for value in args.coverage_values:
             for extraction in coverage_extractions:
-                found = scores(args.coverage_dataset, value, extraction, dataset_id=dataset_id)
-                if found:
-                    mean, std = mean_std(found)
-                    summary["coverage"][f"{dataset_id}/{value}/{extraction}"] = {"mean": mean, "std": std, "n": len(found)}
+                add(summary["coverage"], f"{dataset_id}/{value}/{extraction}",
+                    scores(args.coverage_dataset, value, extraction, dataset_id=dataset_id))
 
     header = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -398,8 +396,9 @@ def write_markdown(
             "| dataset | transitions | goals reached | cells | " + " | ".join(f"{v}+{e}" for v, e in pairs) + " |",
             "| --- | --- | --- | --- |" + " --- |" * len(pairs),
         ]
+        made = {found["dataset_id"]: found for found in header["datasets"].values()}
         for dataset_id in coverage_ids:
-            found = header["datasets"][args.coverage_dataset if dataset_id == coverage_ids[0] else dataset_id]
+            found = made[dataset_id]
             lines.append(
                 f"| {dataset_id} | {found['transitions']} | {found['episodes']} | {found['occupied_cells']} | "
                 + " | ".join(cell(scores(args.coverage_dataset, v, e, dataset_id=dataset_id), seeds) for v, e in pairs) + " |"

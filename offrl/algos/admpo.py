@@ -85,7 +85,8 @@ def save_best(model: Dynamics, best_state: dict[str, torch.Tensor], improved: to
     members = set(model.member_state_names()) if isinstance(model, EnsembleDynamics) else set()
     for name, tensor in model.state_dict().items():
         if name in members:
-            best_state[name][improved.to(tensor.device)] = tensor[improved.to(tensor.device)]
+            mask = improved.to(tensor.device)
+            best_state[name][mask] = tensor[mask]
         else:
             best_state[name] = tensor.clone()
 
@@ -409,13 +410,13 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
 
     # -- model -------------------------------------------------------------------------------------------
 
+    def update_cadences(self) -> dict[str, int]:
+        return {"model.rollout_every": self.hparams.rollout_every}
+
     def on_fit_start(self) -> None:
-        hp = self.hparams
-        per_step = self.datamodule.updates_per_step  # roll-out rounds start on trainer steps
-        if hp.rollout_every % per_step:
-            raise OffrlError(f"model.rollout_every {hp.rollout_every} must be a multiple of performance.updates_per_step {per_step}")
         if bool(self.dynamics_trained):
             return
+        hp = self.hparams
         history = pretrain_dynamics(
             self.dynamics, self.datamodule.transitions.to(self.device), hp.max_window, hp.model_batch_size, hp.model_lr,
             hp.model_holdout_fraction, hp.model_max_holdout, hp.model_patience, hp.model_max_epochs,
@@ -527,6 +528,9 @@ class OnlineModelBasedSAC(ModelBasedSAC):
         # The replay buffer is still empty: the model's statistics come with its data, and an env without a
         # termination rule is refused (no data yet shows whether it terminates).
         self.build_networks(info)
+
+    def update_cadences(self) -> dict[str, int]:
+        return {}  # roll-outs follow env steps (model_every), not rollout_every
 
     def on_fit_start(self) -> None:
         """Nothing to pretrain on yet: the model trains as the data arrives."""

@@ -140,6 +140,10 @@ class OfflineAlgorithm(L.LightningModule):
     def after_optimizer_step(self) -> None:
         """Work after every optimiser has stepped, inside the update (e.g. Polyak averaging of target networks)."""
 
+    def update_cadences(self) -> dict[str, int]:
+        """The module's own work done every N updates, by config name (UpdateLoop checks N against its K)."""
+        return {}
+
     def update_variant(self) -> Hashable:
         """What selects a different update graph (e.g. the stage of stage-wise training); one graph per value."""
         return None

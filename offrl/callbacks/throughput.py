@@ -60,18 +60,13 @@ class UpdateLoop(L.Callback):
         if self.cuda_graphs and trainer.world_size > 1:
             raise OffrlError("performance.cuda_graphs works on one device (a replayed graph skips DDP's gradient hooks); set it false")
         datamodule, per_step = trainer.datamodule, self.updates_per_step
-        if datamodule.steps_per_epoch % per_step:
-            raise OffrlError(
-                f"data.steps_per_epoch {datamodule.steps_per_epoch} must be a multiple of performance.updates_per_step {per_step}"
-            )
-        if trainer.log_every_n_steps % per_step:
-            raise OffrlError(
-                f"trainer.log_every_n_steps {trainer.log_every_n_steps} must be a multiple of performance.updates_per_step {per_step}"
-            )
-        for checkpoint in trainer.checkpoint_callbacks:
-            every = getattr(checkpoint, "_every_n_train_steps", 0)
+        # Everything that happens every N updates starts on a trainer step, so N must be a multiple of K.
+        cadences = [("data.steps_per_epoch", datamodule.steps_per_epoch), ("trainer.log_every_n_steps", trainer.log_every_n_steps)]
+        cadences += [("checkpoint.every_n_train_steps", getattr(c, "_every_n_train_steps", 0)) for c in trainer.checkpoint_callbacks]
+        cadences += list(pl_module.update_cadences().items())
+        for name, every in cadences:
             if every % per_step:
-                raise OffrlError(f"checkpoint.every_n_train_steps {every} must be a multiple of performance.updates_per_step {per_step}")
+                raise OffrlError(f"{name} {every} must be a multiple of performance.updates_per_step {per_step}")
         datamodule.updates_per_step = per_step
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
