@@ -6,6 +6,9 @@ last evaluation's eval/normalized_score (10 episodes in full mode). Missing data
 
 Full mode is the configs as they are (5M updates; hours per job on a GPU). `--reduced` is a CPU smoke budget:
 small generated datasets, few updates, small roll-out batches: its numbers say the pipeline runs, not who wins.
+Between the two, `--max-steps`, `--eval-every`, `--rollout-batch-size` and `--model-max-epochs` /
+`--model-updates-per-epoch` set a budget of their own (stated in the report). The report also gives each
+algorithm's learning curve (mean over seeds at every evaluation).
 Prints JSON as its last line; writes benchmarks/results/admpo.md.
 """
 
@@ -44,31 +47,32 @@ def fit_command(algorithm: str, dataset: str, seed: int, args) -> list[str]:
     ]
     if args.generate_steps:
         command += ["--data.init_args.generate_steps", str(args.generate_steps)]
-    if args.reduced:
-        command += ["--trainer.max_steps", str(args.max_steps), "--data.init_args.steps_per_epoch", str(args.max_steps // 2),
-                    "--evaluation.num_episodes", "5", "--evaluation.num_envs", "5"]
-        if algorithm != "bc":
-            command += ["--model.init_args.rollout_batch_size", "1000", "--model.init_args.rollout_every", "250",
-                        "--model.init_args.model_max_epochs", str(args.model_max_epochs or 3),
-                        "--model.init_args.model_updates_per_epoch", "100"]
-    elif args.max_steps:
-        command += ["--trainer.max_steps", str(args.max_steps)]
-    if args.model_max_epochs and algorithm != "bc" and not args.reduced:
-        command += ["--model.init_args.model_max_epochs", str(args.model_max_epochs)]
+    settings = {"trainer.max_steps": args.max_steps, "data.init_args.steps_per_epoch": args.eval_every,
+                "evaluation.num_episodes": args.eval_episodes, "evaluation.num_envs": args.eval_episodes}
+    if algorithm != "bc":
+        settings.update({
+            "model.init_args.rollout_batch_size": args.rollout_batch_size, "model.init_args.rollout_every": args.rollout_every,
+            "model.init_args.model_max_epochs": args.model_max_epochs,
+            "model.init_args.model_updates_per_epoch": args.model_updates_per_epoch,
+        })
+    for key, value in settings.items():
+        if value is not None:
+            command += [f"--{key}", str(value)]
     return command
 
 
-def final_score(run_root: Path) -> float | None:
+def score_curve(run_root: Path) -> dict[int, float]:
+    """eval/normalized_score by update count, from the run's TensorBoard events ({} if it never evaluated)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     runs = sorted(run_root.glob("logs/*/*/version_*"))
     if not runs:
-        return None
+        return {}
     events = EventAccumulator(str(runs[-1]))
     events.Reload()
     if "eval/normalized_score" not in events.Tags()["scalars"]:
-        return None
-    return events.Scalars("eval/normalized_score")[-1].value
+        return {}
+    return {e.step + 1: e.value for e in events.Scalars("eval/normalized_score")}
 
 
 def run_job(job: tuple[str, str, int], args) -> dict:
@@ -79,8 +83,9 @@ def run_job(job: tuple[str, str, int], args) -> dict:
     start = time.perf_counter()
     result = subprocess.run(fit_command(algorithm, dataset, seed, args), cwd=folder, env=env, capture_output=True, text=True)
     (folder / "stderr.txt").write_text(result.stderr)
+    curve = score_curve(folder)
     return {"algorithm": algorithm, "dataset": dataset, "seed": seed, "returncode": result.returncode,
-            "seconds": time.perf_counter() - start, "score": final_score(folder)}
+            "seconds": time.perf_counter() - start, "curve": curve, "score": curve[max(curve)] if curve else None}
 
 
 def main() -> None:
@@ -93,14 +98,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--generate-steps", type=int, default=None, help="size of generated datasets (default full)")
     parser.add_argument("--max-steps", type=int, default=None, help="updates per fit (default: the configs')")
+    parser.add_argument("--eval-every", type=int, default=None, help="updates between evaluations (default: the configs')")
+    parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation, one env each (default: the configs')")
+    parser.add_argument("--rollout-batch-size", type=int, default=None, help="model roll-out starts per round (default: the configs')")
+    parser.add_argument("--rollout-every", type=int, default=None, help="updates between roll-out rounds (default: the configs')")
     parser.add_argument("--model-max-epochs", type=int, default=None, help="cap on model pretraining epochs (default: early stopping only)")
-    parser.add_argument("--reduced", action="store_true", help="CPU smoke budget: 20k-step datasets, 1000 updates")
+    parser.add_argument("--model-updates-per-epoch", type=int, default=None, help="model updates per pretraining epoch (default: a pass over the data)")
+    parser.add_argument("--reduced", action="store_true", help="CPU smoke budget: 20k-step datasets, 1000 updates, 5 episodes, 1000 roll-out starts every 250, 3 model epochs of 100 updates")
     parser.add_argument("--work-dir", type=Path, default=Path("benchmark_runs/admpo"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "admpo.md")
     args = parser.parse_args()
     if args.reduced:
         args.generate_steps = args.generate_steps or 20000
         args.max_steps = args.max_steps or 1000
+        args.eval_every, args.eval_episodes = args.eval_every or args.max_steps // 2, args.eval_episodes or 5
+        args.rollout_batch_size, args.rollout_every = args.rollout_batch_size or 1000, args.rollout_every or 250
+        args.model_max_epochs, args.model_updates_per_epoch = args.model_max_epochs or 3, args.model_updates_per_epoch or 100
     args.work_dir = args.work_dir.resolve()
 
     for dataset in args.datasets:  # generate once, before the parallel fits read them
@@ -118,6 +131,7 @@ def main() -> None:
         "generate_steps": args.generate_steps, "max_steps": args.max_steps, "seconds": time.perf_counter() - start,
         "failed": [f"{r['algorithm']}/{r['dataset']}/s{r['seed']}" for r in results if r["returncode"] != 0],
         "scores": {d: {a: mean_std(v) for a, v in row.items()} for d, row in table.items()},
+        "curves": mean_curves(results),
     }
     write_report(args, summary, results)
     print(json.dumps(summary))
@@ -128,12 +142,39 @@ def mean_std(scores: list[float | None]) -> dict:
     return {"mean": float(np.mean(values)) if values else None, "std": float(np.std(values)) if values else None, "n": len(values)}
 
 
+def mean_curves(results: list[dict]) -> dict[str, dict[str, dict[int, float]]]:
+    """Per dataset and algorithm: the mean score over seeds at each evaluation every seed reached."""
+    curves: dict[str, dict[str, list[dict[int, float]]]] = {}
+    for r in results:
+        if r["curve"]:
+            curves.setdefault(r["dataset"], {}).setdefault(r["algorithm"], []).append(r["curve"])
+    return {
+        dataset: {
+            algorithm: {step: float(np.mean([c[step] for c in runs])) for step in sorted(set.intersection(*(set(c) for c in runs)))}
+            for algorithm, runs in row.items()
+        }
+        for dataset, row in curves.items()
+    }
+
+
+def budget_line(args) -> str:
+    overrides = [f"{name} {value}" for name, value in (
+        ("updates", args.max_steps), ("evaluation every", args.eval_every), ("episodes per evaluation", args.eval_episodes),
+        ("roll-out starts", args.rollout_batch_size), ("roll-outs every", args.rollout_every),
+        ("model epochs at most", args.model_max_epochs), ("model updates per epoch", args.model_updates_per_epoch),
+    ) if value is not None]
+    if not overrides:
+        return "full budget (the configs)"
+    kind = "REDUCED CPU smoke budget" if args.reduced else "reduced budget"
+    return f"{kind} ({', '.join(overrides)}; the rest as the configs): not comparable to the paper"
+
+
 def write_report(args, summary, results) -> None:
     lines = [
         "# ADMPO-OFF vs MOPO vs BC (D4RL-normalised score of the last evaluation, mean ± std over seeds)",
         "",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: {args.device}; seeds {args.seeds}; "
-        f"{'REDUCED CPU smoke budget: not comparable to the paper' if args.reduced else 'full budget (the configs)'}.",
+        f"{budget_line(args)}.",
         f"- Datasets: local `offrl/mujoco/*` ({args.generate_steps or 'full 1M/2M'} steps); updates per fit: "
         f"{args.max_steps or 'the configs (5M ADMPO/MOPO, 100k BC)'}; wall time {summary['seconds']:.0f}s with {args.jobs} jobs.",
         f"- Command: `python {' '.join(sys.argv)}`",
@@ -147,6 +188,11 @@ def write_report(args, summary, results) -> None:
             s = row.get(algorithm, {"mean": None})
             cells.append("failed" if s["mean"] is None else f"{s['mean']:.1f} ± {s['std']:.1f}")
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    for dataset, row in summary["curves"].items():
+        steps = sorted(set().union(*(set(c) for c in row.values())))
+        lines += ["", f"Learning curve on {dataset} (mean over seeds by updates):", "",
+                  "| updates | " + " | ".join(row) + " |", "| --- | " + " | ".join("---" for _ in row) + " |"]
+        lines += [f"| {step} | " + " | ".join(f"{c[step]:.1f}" if step in c else "" for c in row.values()) + " |" for step in steps]
     lines += ["", "Paper (D4RL v2 data, not these local datasets): ADMPO-OFF average 81.0, MOPO 70.3."]
     if summary["failed"]:
         lines += ["", f"Failed fits (see {args.work_dir}/<job>/stderr.txt): {', '.join(summary['failed'])}"]

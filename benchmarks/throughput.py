@@ -155,23 +155,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="default: the config's (RSP on cpu: 1024, see --help)")
     parser.add_argument("--hidden-dims", type=int, nargs="+", help="override the config's widths (tiny ones isolate the loop's overhead)")
     parser.add_argument("--log-every", type=int, default=50, help="trainer.log_every_n_steps (the CLI's default)")
-    parser.add_argument("--updates-per-step", type=int, default=1, help="performance.updates_per_step of the offrl run")
+    parser.add_argument("--updates-per-step", type=int, help="performance.updates_per_step of the offrl run (default: the config's)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3, help="offrl/plain pairs timed back to back; the median pair is reported")
     args = parser.parse_args()
-    if args.warmup % args.updates_per_step or args.steps % args.updates_per_step:
-        parser.error("--warmup and --steps must be multiples of --updates-per-step")
     torch.set_num_threads(args.threads)
     config_path, dataset_id = ALGORITHMS[args.algo]
-    result = {
-        "algo": args.algo, "device": args.device, "compile": args.compile, "cudagraphs": args.cudagraphs,
-        "updates_per_step": args.updates_per_step,
-    }
+    result = {"algo": args.algo, "device": args.device, "compile": args.compile, "cudagraphs": args.cudagraphs}
     if not (ROOT / config_path).is_file():
         print(json.dumps({**result, "status": f"not present ({config_path} does not exist on this branch)"}))
         return
 
     config = yaml.safe_load((ROOT / config_path).read_text())
+    if args.updates_per_step is None:
+        args.updates_per_step = config.get("performance", {}).get("updates_per_step", 1)
+    if args.warmup % args.updates_per_step or args.steps % args.updates_per_step:
+        parser.error(f"--warmup and --steps must be multiples of updates_per_step {args.updates_per_step}")
+    result["updates_per_step"] = args.updates_per_step
     model_args, data_args = config["model"].get("init_args", {}), config["data"].get("init_args", {})
     batch_size = args.batch_size or data_args.get("batch_size", 256)
     if args.batch_size is None and args.algo == "rsp" and args.device == "cpu":

@@ -5,10 +5,12 @@ worker processes returns the numbers of evaluation in this one."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
 from conftest import trainer as quiet_trainer
 from conftest import write_synthetic
 
@@ -159,3 +161,24 @@ def test_parallel_evaluation_returns_the_serial_numbers():
     assert serial["eval/success"] == 1.0 and serial["eval/return"] > 0  # a run with something to compare
     assert parallel["eval/return"] == pytest.approx(serial["eval/return"])
     assert parallel["eval/success"] == serial["eval/success"]
+
+
+def test_shipped_offline_configs_run_ten_updates_per_step_and_their_cadences_allow_it():
+    """Every config that trains from a dataset spreads Lightning's per-step work over 10 updates; the online ones
+    (which take env steps between updates) keep one; every "every N updates" setting is a multiple of K."""
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
+    checked = 0
+    for path in configs:
+        config = yaml.safe_load(path.read_text())
+        if "model" not in config or "trainer" not in config:
+            continue  # a layer (value_extraction/quick.yaml, opex.yaml, ...), not a whole recipe
+        online = path.parent.name in ("sac", "admpo_on")
+        per_step = config.get("performance", {}).get("updates_per_step", 1)
+        assert per_step == (1 if online else 10), path
+        cadences = [
+            config["data"]["init_args"].get("steps_per_epoch"), config.get("checkpoint", {}).get("every_n_train_steps"),
+            config["trainer"].get("log_every_n_steps", 50), config["model"]["init_args"].get("rollout_every"),
+        ]
+        assert all(every % per_step == 0 for every in cadences if every), path
+        checked += 1
+    assert checked >= 45
