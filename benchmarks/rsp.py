@@ -5,7 +5,7 @@ paper's training-time claim, as JSON on the last stdout line.
     python benchmarks/rsp.py --mode paper-time --device cuda   # RSP's full recipe on pointmaze-large
 
 compare (default): every algorithm's repo config (configs/{rsp,bc,iql_ddpgbc}/pointmaze-umaze.yaml, pointed at
-`--dataset`) trains for `--budget-seconds` each, per seed; `--hidden`/`--batch-size` override
+`--dataset`, with its `performance` section) trains for `--budget-seconds` each, per seed; `--hidden`/`--batch-size` override
 every config alike for a CPU budget. BC and IQL stop at the budget (constant lr). The budget is CPU time of
 this process on CPU (one torch thread; fair on a shared machine), wall-clock on CUDA. RSP's cosine
 schedule needs its step count up front, so a short calibration fit times one update and the stage length is set
@@ -30,6 +30,7 @@ import lightning as L
 import torch
 import yaml
 
+from offrl.callbacks.throughput import UpdateLoop
 from offrl.data import registry
 from offrl.envs.evaluation import evaluate
 from offrl.envs.factory import make_eval_env
@@ -78,13 +79,14 @@ def instantiate(spec: dict, **overrides):
     return getattr(importlib.import_module(module), name)(**{**spec["init_args"], **overrides})
 
 
-def fit(model, data, device: str, max_steps: int, max_seconds: float | None = None) -> float:
-    """Train quietly (no logger, checkpoints or evaluation); returns the seconds of training."""
+def fit(model, data, device: str, max_steps: int, performance: dict, max_seconds: float | None = None) -> float:
+    """Train quietly (no logger, checkpoints or evaluation) with the config's `performance` settings; returns the
+    seconds of training."""
     clock = TrainClock(device, max_seconds)
     L.Trainer(
         max_steps=max_steps, accelerator=device, devices=1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock],
+        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock, UpdateLoop(**performance)],
     ).fit(model, data)
     return clock.seconds
 
@@ -104,22 +106,24 @@ def run(name: str, args: argparse.Namespace, seed: int, budget: float | None) ->
         L.seed_everything(seed)
         return instantiate(config["model"], **{**model_overrides, **extra}), instantiate(config["data"], **data_overrides)
 
+    performance = config.get("performance", {})
+    per_step = performance.get("updates_per_step", 1)  # a stage's length must be a multiple of it
     if budget is None:  # the config's own recipe, timed
         model, data = build()
-        seconds = fit(model, data, args.device, config["trainer"]["max_steps"])
+        seconds = fit(model, data, args.device, config["trainer"]["max_steps"], performance)
         updates = config["trainer"]["max_steps"]
     elif name.startswith("rsp"):
-        probe_steps = 20
+        probe_steps = per_step * -(-20 // per_step)
         model, data = build(steps_per_stage=probe_steps)
         stages = model.hparams.training == "stagewise" and len(data.scales) + 1 or 1
-        per_update = fit(model, data, args.device, stages * probe_steps) / (stages * probe_steps)
-        steps_per_stage = max(1, int(budget / per_update / stages))
+        per_update = fit(model, data, args.device, stages * probe_steps, performance) / (stages * probe_steps)
+        steps_per_stage = max(1, int(budget / per_update / stages) // per_step) * per_step
         model, data = build(steps_per_stage=steps_per_stage)
         updates = stages * steps_per_stage
-        seconds = fit(model, data, args.device, updates)
+        seconds = fit(model, data, args.device, updates, performance)
     else:
         model, data = build()
-        seconds = fit(model, data, args.device, 10**9, budget)
+        seconds = fit(model, data, args.device, 10**9, performance, budget)
         updates = model.trainer.global_step
     model.eval()
     env = make_eval_env(data.info, num_envs=min(10, args.episodes), seed=12345)
