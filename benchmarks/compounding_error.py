@@ -194,7 +194,7 @@ def write_report(args, summary, results, size, starts) -> None:
         "# Compounding error and uncertainty quality (ADM vs bootstrapping RNN vs MLP ensemble)",
         "",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: {args.device}; seed {args.seed}; "
-        f"{'REDUCED CPU budget' if args.reduced else 'full budget'}.",
+        f"{'full budget' if args.model_max_epochs is None and args.model_updates_per_epoch is None else 'REDUCED CPU budget'}.",
         f"- Data: `{args.dataset}`, {size} transitions (generated locally, {args.generate_steps or 'full'} steps); the last "
         f"{args.heldout_episodes} episodes are held out; {starts} start states from them.",
         f"- Models: ADM (m = {args.max_window}, 3-layer GRU 200, 4 residual blocks), the same GRU with k = 1 as the "
