@@ -12,6 +12,7 @@ import torch
 from offrl.algos.sac import SAC
 from offrl.callbacks.evaluation import EvaluationCallback
 from offrl.callbacks.online import OnlineInteraction
+from offrl.callbacks.throughput import UpdateLoop
 from offrl.data.replay import ReplayDataModule
 from offrl.envs.factory import make_eval_env
 from offrl.errors import OffrlError
@@ -100,6 +101,10 @@ def test_a_full_buffer_and_bad_settings_fail_in_one_sentence(in_tmp_dir):
         trainer(1, [OnlineInteraction()]).fit(BC(hidden_dims=[8]), ReplayDataModule("Pendulum-v1"))
     with pytest.raises(OffrlError, match="updates_per_step"):
         OnlineInteraction(updates_per_step=0)
+    with pytest.raises(OffrlError, match="set performance.updates_per_step 1 \\(got 10\\)"):
+        trainer(10, [OnlineInteraction(warmup_steps=20), UpdateLoop(updates_per_step=10)], log_every_n_steps=10).fit(
+            SAC(hidden_dims=[8]), ReplayDataModule("Pendulum-v1", batch_size=8, steps_per_epoch=10, capacity=100)
+        )
 
 
 def test_shipped_hopper_config_runs_online_from_the_command_line(in_tmp_dir):

@@ -52,6 +52,11 @@ class OnlineInteraction(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule: ReplayDataModule = trainer.datamodule
+        if datamodule.updates_per_step > 1:  # set by UpdateLoop's setup, which may run after this callback's
+            raise OffrlError(
+                f"online training takes env steps between updates, so it runs one update per trainer step: set "
+                f"performance.updates_per_step 1 (got {datamodule.updates_per_step})"
+            )
         datamodule._device_setup(pl_module.device)
         # A resumed run (a restored buffer) seeds its new envs past the episodes already taken, not from the start.
         env_seed = self.seed if datamodule.size == 0 else self.seed + datamodule.next_episode_id
