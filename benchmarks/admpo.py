@@ -6,8 +6,8 @@ last evaluation's eval/normalized_score (10 episodes in full mode). Missing data
 
 Full mode is the configs as they are (5M updates; hours per job on a GPU). `--reduced` is a CPU smoke budget:
 small generated datasets, few updates, small roll-out batches: its numbers say the pipeline runs, not who wins.
-Between the two, `--max-steps`, `--eval-every`, `--rollout-batch-size` and `--model-max-epochs` /
-`--model-updates-per-epoch` set a budget of their own (stated in the report). The report also gives each
+Between the two, `--max-steps`, `--eval-every`, `--eval-episodes`, `--rollout-batch-size`, `--rollout-every`,
+`--model-max-epochs` and `--model-updates-per-epoch` set a budget of their own (each stated in the report). The report also gives each
 algorithm's learning curve (mean over seeds at every evaluation).
 Prints JSON as its last line; writes benchmarks/results/admpo.md.
 """
