@@ -22,6 +22,7 @@ import argparse
 import datetime
 import importlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -107,13 +108,13 @@ def run(name: str, args: argparse.Namespace, seed: int, budget: float | None) ->
         return instantiate(config["model"], **{**model_overrides, **extra}), instantiate(config["data"], **data_overrides)
 
     performance = config.get("performance", {})
-    per_step = performance.get("updates_per_step", 1)  # a stage's length must be a multiple of it
+    per_step = UpdateLoop(**performance).updates_per_step  # a stage's length must be a multiple of it
     if budget is None:  # the config's own recipe, timed
         model, data = build()
         seconds = fit(model, data, args.device, config["trainer"]["max_steps"], performance)
         updates = config["trainer"]["max_steps"]
     elif name.startswith("rsp"):
-        probe_steps = per_step * -(-20 // per_step)
+        probe_steps = math.ceil(20 / per_step) * per_step
         model, data = build(steps_per_stage=probe_steps)
         stages = model.hparams.training == "stagewise" and len(data.scales) + 1 or 1
         per_update = fit(model, data, args.device, stages * probe_steps, performance) / (stages * probe_steps)

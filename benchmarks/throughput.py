@@ -168,7 +168,7 @@ def main() -> None:
 
     config = yaml.safe_load((ROOT / config_path).read_text())
     if args.updates_per_step is None:
-        args.updates_per_step = config.get("performance", {}).get("updates_per_step", 1)
+        args.updates_per_step = UpdateLoop(**config.get("performance", {})).updates_per_step
     if args.warmup % args.updates_per_step or args.steps % args.updates_per_step:
         parser.error(f"--warmup and --steps must be multiples of updates_per_step {args.updates_per_step}")
     result["updates_per_step"] = args.updates_per_step
