@@ -8,7 +8,8 @@ process and folder, `--jobs` at once, with trainer.max_steps set so both take `-
 "Speed-up" = env steps SAC's mean curve needs to first reach `--threshold-fraction` of SAC's final mean score,
 divided by the env steps ADMPO-ON's mean curve needs for the same score (None if ADMPO-ON never reaches it).
 
-Full mode: the configs as they are, 125k env steps (MBPO's Hopper budget), 3 seeds (hours per ADMPO-ON run on a GPU).
+Full mode: the configs as they are, 55k env steps (the official Hopper run: 5k warm-up + 50k), 3 seeds (hours per
+ADMPO-ON run on a GPU).
 `--reduced`: a CPU smoke budget (small networks, 700 env steps, ADMPO-ON at UTD 5, light model retraining):
 its numbers say the pipeline runs, not who wins. Prints JSON as its last line; writes
 benchmarks/results/admpo_online.md.
@@ -145,9 +146,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--reduced", action="store_true", help="CPU smoke budget (see the docstring)")
-    parser.add_argument("--env-steps", type=int, default=None, help="env steps per run (full 125000, reduced 700)")
+    parser.add_argument("--env-steps", type=int, default=None, help="env steps per run (full 55000, reduced 700)")
     parser.add_argument("--warmup", type=int, default=None, help="random warm-up steps (full 5000, reduced 400)")
-    parser.add_argument("--eval-every", type=int, default=None, help="env steps between evaluations (full 5000, reduced 100)")
+    parser.add_argument("--eval-every", type=int, default=None, help="env steps between evaluations (full 1000, reduced 100)")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (full 10, reduced 3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="full 0 1 2, reduced 0")
     parser.add_argument("--admpo-utd", type=float, default=None, help="ADMPO-ON updates per env step (full 20, reduced 5)")
@@ -156,7 +157,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default="benchmarks/runs/admpo_online")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "admpo_online.md")
     args = parser.parse_args()
-    defaults = {"env_steps": (700, 125_000), "warmup": (400, 5000), "eval_every": (100, 5000), "eval_episodes": (3, 10),
+    defaults = {"env_steps": (700, 55_000), "warmup": (400, 5000), "eval_every": (100, 1000), "eval_episodes": (3, 10),
                 "seeds": ([0], [0, 1, 2]), "admpo_utd": (5.0, 20.0)}
     for name, (reduced, full) in defaults.items():
         if getattr(args, name) is None:

@@ -216,8 +216,32 @@ def test_shipped_admpo_online_config_runs_from_the_command_line(in_tmp_dir):
     ])
     metrics = scalars(in_tmp_dir / "logs" / "admpo_on" / "Hopper" / "version_0")
     assert metrics["train/env_steps"][-1] == 100 + 60 / 20  # UTD 20
-    assert metrics["rollout/horizon"][-1] == 1  # far before the ramp starts at 20k env steps
+    assert metrics["rollout/horizon"][-1] == 1  # before the ramp starts at the end of the 5k warm-up
     assert {"train/critic_loss", "model/holdout_mse", "eval/return"} <= set(metrics)
+
+
+def test_shipped_online_hopper_configs_are_the_official_recipes():
+    """configs/admpo_on/hopper.yaml against HxLyn3/ADMPO's main4online.py + config/mujoco/Hopper.yml, and the SAC
+    baseline against the SAC paper."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).parents[1] / "configs"
+    admpo = yaml.safe_load((root / "admpo_on" / "hopper.yaml").read_text())
+    model, data, interaction = admpo["model"]["init_args"], admpo["data"]["init_args"], admpo["trainer"]["callbacks"][0]["init_args"]
+    warmup, utd = interaction["warmup_steps"], interaction["updates_per_step"]
+    assert (warmup, utd, model["model_every"], model["max_window"]) == (5000, 20.0, 250, 5)
+    assert warmup + admpo["trainer"]["max_steps"] / utd == 55000  # n_steps 50k after the warm-up
+    assert (model["min_rollout_horizon"], model["rollout_horizon"]) == (1, 15)
+    assert (model["horizon_ramp_start"], model["horizon_ramp_end"]) == (warmup, warmup + 50000)
+    assert model["target_entropy"] == -1 and model["init_alpha"] == 1.0 and model["penalty_coef"] == 0
+    assert data["batch_size"] / (data["batch_size"] + model["model_rows"]) == pytest.approx(0.05, abs=0.01)
+    assert (model["rollout_batch_size"], model["retain_rounds"], model["model_max_holdout"]) == (100000, 4, 500)
+    assert data["steps_per_epoch"] / utd == 1000  # evaluation every 1000 env steps
+    sac = yaml.safe_load((root / "sac" / "hopper.yaml").read_text())
+    assert sac["model"]["init_args"]["target_entropy"] is None  # -action_dim
+    assert sac["trainer"]["callbacks"][0]["init_args"]["warmup_steps"] == warmup
 
 
 def test_an_online_run_resumes_from_its_checkpointed_replay_buffer(in_tmp_dir):
