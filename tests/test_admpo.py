@@ -425,6 +425,9 @@ MOPO_H_LAMBDA = {  # MOPO paper; the official configs agree but for halfcheetah-
 }
 
 
+OFFICIAL_ALPHA = {"hopper-random": 1.0, "hopper-medium-expert": 0.05, "halfcheetah-medium-expert": 0.05}
+
+
 @pytest.mark.parametrize("algorithm", ["admpo_off", "mopo"])
 def test_configs_build_with_the_papers_settings(algorithm):
     from offrl.algos.admpo import ModelBasedSAC
@@ -439,6 +442,8 @@ def test_configs_build_with_the_papers_settings(algorithm):
         assert abs(real - (0.5 if path.stem.endswith(("medium-expert", "medium-replay")) else 0.05)) < 0.01
         if algorithm == "admpo_off":
             assert (hp.max_window, hp.rollout_horizon, hp.penalty_coef) == PAPER_M_H_BETA[path.stem]
+            # Every official config/d4rl file sets auto_alpha False: a fixed temperature (its alpha, else 0.1).
+            assert not hp.learn_alpha and hp.init_alpha == OFFICIAL_ALPHA.get(path.stem, 0.1)
         else:
             assert hp.dynamics == "ensemble" and (hp.ensemble_members, hp.ensemble_elites) == (7, 5)
             assert (hp.rollout_horizon, hp.penalty_coef) == MOPO_H_LAMBDA[path.stem]
