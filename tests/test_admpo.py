@@ -104,13 +104,23 @@ def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
     first = window_starts(transitions["episode_last"], 3)[:8]
     history = first[:, None] + torch.arange(2)
     policy = lambda obs: torch.zeros(obs.shape[0], 2)  # noqa: E731
-    rows = rollout(
-        model, policy, transitions["observation"][history], transitions["action"][history],
-        transitions["observation"][first + 2], 4, lambda s: torch.zeros(len(s), dtype=torch.bool), 0.0, "official", 3,
-    )
-    assert len(rows) == 8 * 4
-    # Each step predicts for every k in 1..min(history, m) = 1..3 (the penalty's spread), history capped at m.
-    assert lengths == [3] * 4
+    never_terminates = lambda s: torch.zeros(len(s), dtype=torch.bool)  # noqa: E731
+
+    def roll(horizon: int, penalty_coef: float) -> TensorDict:
+        return rollout(
+            model, policy, transitions["observation"][history], transitions["action"][history],
+            transitions["observation"][first + 2], horizon, never_terminates, penalty_coef, "official", 3,
+        )
+
+    # With a penalty each step predicts for every k in 1..min(history, m) = 1..3 (the spread), history capped at m.
+    before = len(seen)
+    rows = roll(4, penalty_coef=1.0)
+    assert len(rows) == 8 * 4 and "penalty" in rows.keys()
+    assert lengths == [3] * 4 and len(seen) == before
+    # Without one (ADMPO-ON) only the drawn k is predicted: one window per step, of a length in 1..3.
+    rows = roll(30, penalty_coef=0.0)
+    assert len(rows) == 8 * 30 and "penalty" not in rows.keys()
+    assert lengths == [3] * 4 and len(seen) == before + 30 and set(seen[before:]) == {1, 2, 3}
 
 
 def test_every_k_at_once_equals_one_k_at_a_time():

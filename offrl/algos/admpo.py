@@ -186,7 +186,7 @@ def rollout(
 ) -> TensorDict:
     """Roll the policy out in the model for `horizon` steps from `observation` [N, obs], after the real history
     s, a [N, h, *] (h = 0 for the ensemble). Returns the transitions of rows still alive (not yet terminated),
-    with the penalised reward and `penalty`, flattened to [n]."""
+    with the penalised reward and `penalty` (only when penalty_coef is not 0), flattened to [n]."""
     was_training = model.training
     model.eval()
     steps = []
@@ -196,32 +196,38 @@ def rollout(
         if isinstance(model, AnyStepDynamics):
             history_obs = torch.cat([history_obs, observation[:, None]], 1)[:, -max_window:]
             history_actions = torch.cat([history_actions, action[:, None]], 1)[:, -max_window:]
-            # The predictions for every k in 1..min(history, m); k ~ U{1..min(history, m)} picks the sample's.
-            means, logvars = model.predict_every_k(history_obs, history_actions)
-            k = int(torch.randint(means.shape[0], ()))
-            mean, logvar = means[k], logvars[k]
-            penalty = any_step_penalty(means[..., :-1], logvars[..., :-1], penalty_form)
+            # k ~ U{1..min(history, m)} picks the sample's prediction; the penalty needs every k's, so without
+            # one (ADMPO-ON) only the drawn k is predicted, as the official code does.
+            k = int(torch.randint(history_obs.shape[1], ())) + 1
+            if penalty_coef:
+                means, logvars = model.predict_every_k(history_obs, history_actions)
+                mean, logvar = means[k - 1], logvars[k - 1]
+                penalty = any_step_penalty(means[..., :-1], logvars[..., :-1], penalty_form)
+            else:
+                mean, logvar = model.predict_from_history(history_obs, history_actions, k)
+                penalty = None
         else:
             means, logvars = model.predict(observation, action)
             member = torch.randint(means.shape[0], (observation.shape[0],), device=observation.device)
             rows = torch.arange(observation.shape[0], device=observation.device)
             mean, logvar = means[member, rows], logvars[member, rows]
-            penalty = ensemble_penalty(logvars)
+            penalty = ensemble_penalty(logvars) if penalty_coef else None
         sample = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
         next_obs, reward = sample[:, :-1], sample[:, -1]
         terminated = terminated_fn(next_obs)
-        steps.append(
-            TensorDict(
-                {
-                    "observation": observation,
-                    "action": action,
-                    "penalty": penalty,
-                    "alive": alive,
-                    "next": {"observation": next_obs, "reward": reward - penalty_coef * penalty, "terminated": terminated},
-                },
-                batch_size=[observation.shape[0]],
-            )
+        step = TensorDict(
+            {
+                "observation": observation,
+                "action": action,
+                "alive": alive,
+                "next": {"observation": next_obs, "reward": reward, "terminated": terminated},
+            },
+            batch_size=[observation.shape[0]],
         )
+        if penalty is not None:
+            step["penalty"] = penalty
+            step["next", "reward"] = reward - penalty_coef * penalty
+        steps.append(step)
         alive = alive & ~terminated
         observation = next_obs
     model.train(was_training)
@@ -441,7 +447,10 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
             transitions["observation"][first + hp.max_window - 1], horizon, self.terminated_fn,
             hp.penalty_coef, hp.penalty_form, hp.max_window,
         )
-        self.log_now({"rollout/penalty": rows["penalty"].mean(), "rollout/reward": rows["next", "reward"].mean()})
+        metrics = {"rollout/reward": rows["next", "reward"].mean()}
+        if "penalty" in rows.keys():
+            metrics["rollout/penalty"] = rows["penalty"].mean()
+        self.log_now(metrics)
         self.model_buffer.add(rows)
 
     # -- SAC ---------------------------------------------------------------------------------------------
