@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -20,6 +23,8 @@ from offrl.envs.termination import hopper_terminated, termination_fn, walker2d_t
 from offrl.errors import OffrlError
 from offrl.nn.dynamics import AnyStepDynamics, EnsembleDynamics
 from offrl.objectives.dynamics import any_step_penalty, dynamics_nll, ensemble_penalty
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def linear_system(episodes: int = 40, length: int = 50, seed: int = 0) -> tuple[TensorDict, torch.Tensor, torch.Tensor]:
@@ -393,6 +398,19 @@ def test_tiny_fit_runs_end_to_end_and_its_critic_loss_falls(tmp_path, dynamics, 
     buffer = checkpoint["model_buffer"]
     assert buffer["data"] is not None and 0 < buffer["size"] <= 64 * 3 * 2
     assert bool(checkpoint["state_dict"]["dynamics_trained"])
+    # benchmarks/model_exploitation.py reads the checkpoint: one model step per real step after m - 1 of history.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "model_exploitation.py"), str(run_dir / "checkpoints" / "last.ckpt"),
+         "--episodes", "2", "--data-rows", "100"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    window = 1 if dynamics == "ensemble" else 3
+    policy, data = report["policy"], report["data"]
+    assert report["algorithm"] == run_name and policy["steps"] == policy["real_steps"] - 2 * (window - 1) > 0
+    assert data["steps"] == 100 and data["penalty"] > 0
+    for row in (policy, data):
+        assert row["model_reward"] - row["penalised_model_reward"] == pytest.approx(row["penalty"], abs=1e-4)
     if dynamics == "ensemble":
         return
     # Resume: the pretrained model and the model buffer come back from the checkpoint; no second pretraining.
