@@ -4,6 +4,7 @@ gradient update as one plain-PyTorch function (`update`) that can be compiled or
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Hashable
 
 import lightning as L
@@ -69,6 +70,12 @@ def _losses_as_tensordict(update: UpdateFn, batch: TensorDict) -> TensorDict:
 def _losses_as_dict(graphed: Callable[[TensorDict], TensorDict], batch: TensorDict) -> dict[str, torch.Tensor]:
     # Back to the UpdateFn contract: iterating a TensorDict walks its (empty) batch dimension, not its keys.
     return dict(graphed(batch).items())
+
+
+def cosine_decay(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate times (1 + cos(pi * min(t, steps) / steps)) / 2: down to 0 over `steps` updates, then held
+    (optax's cosine_decay_schedule, as IQL uses; torch's CosineAnnealingLR would climb back after `steps`)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps)))
 
 
 def check_td_settings(discount: float, tau: float) -> None:

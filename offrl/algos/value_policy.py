@@ -12,7 +12,8 @@ Policy extraction (`extraction`):
 - "awr": maximise exp(temperature * A(s, a)) * log pi(a | s) on dataset actions, A = Q - V.
 - "ddpgbc": maximise Q(s, pi(s)) / sg(mean |Q|) minus alpha times a BC term (-log pi(a | s), or ||pi(s) - a||^2
   for a deterministic actor, which with alpha = 0.4 / action_dim is TD3+BC).
-- "sfbc": train pi by BC; act with the argmax-Q of N actions sampled from it.
+- "sfbc": fit pi by BC (a Gaussian whose std is always learned: it is the behaviour distribution the candidates
+  are drawn from); act with the argmax-Q of N actions sampled from it.
 
 Value and policy data can differ (the paper's data-scaling matrices): `value_data_fraction` and
 `policy_data_fraction` train the critic/value and the actor on the first fraction of the dataset's episodes.
@@ -22,7 +23,12 @@ OGBench's gc_negative convention, r = 0 when the goal is reached (the next state
 with the bootstrap cut at the goal. Reward tasks use the dataset's reward and terminations.
 
 All losses are computed from the same parameters and back-propagated once (OGBench's single update), then the
-critic, value and actor optimisers step and the target critic follows by Polyak averaging.
+critic, value and actor optimisers step and the target critic follows by Polyak averaging. With value "td3" the
+actor and both targets update only every `td3_policy_delay` updates, as TD3 and TD3+BC do.
+
+Reward tasks can take IQL's reward normalisation (`reward_normalization: return_range`: rewards times
+1000 / (max - min episode return), as the IQL paper's and CORL's MuJoCo runs) and IQL's cosine decay of the actor
+learning rate (`actor_cosine_steps`).
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from offrl.algos.base import OfflineAlgorithm, check_td_settings
+from offrl.algos.base import OfflineAlgorithm, check_td_settings, cosine_decay
 from offrl.data.minari_io import DatasetInfo
+from offrl.data.returns import return_range_factor
 from offrl.errors import OffrlError
 from offrl.nn.ensemble import ensemble_mlp
 from offrl.nn.mlp import GaussianMLP, Normalizer, mlp
@@ -56,6 +63,7 @@ from offrl.objectives.value import (
 VALUE_OBJECTIVES = ("sarsa", "iql", "crl", "td3")
 EXTRACTIONS = ("awr", "ddpgbc", "sfbc")
 ACTOR_KINDS = ("gaussian", "deterministic")
+REWARD_NORMALIZATIONS = ("none", "return_range")
 NUM_CRITICS = 2
 
 
@@ -130,9 +138,12 @@ class ValuePolicy(OfflineAlgorithm):
         learned_std: bool = True,
         repr_dim: int = 512,
         reward_scale: float = 1.0,
+        reward_normalization: str = "none",
         normalize_observations: bool = True,
         target_noise: float = 0.2,
         target_noise_clip: float = 0.5,
+        td3_policy_delay: int = 2,
+        actor_cosine_steps: int | None = None,
         value_data_fraction: float = 1.0,
         policy_data_fraction: float = 1.0,
         name: str | None = None,
@@ -153,13 +164,20 @@ class ValuePolicy(OfflineAlgorithm):
             normalize_q: divide the DDPG+BC Q term by sg(mean |Q|) (TD3+BC's normalisation).
             sfbc_num_samples: N, behaviour actions sampled per state by SfBC at act time.
             actor: "gaussian" (state-independent std) or "deterministic" (tanh-bounded; DDPG+BC only).
-            learned_std: learn the Gaussian actor's std; false fixes it at 1 (OGBench's const_std), which makes
-                the log-likelihood BC term a plain squared error on the mean.
+            learned_std: learn the AWR / DDPG+BC Gaussian actor's std; false fixes it at 1 (OGBench's const_std),
+                which makes the log-likelihood BC term a plain squared error on the mean. SfBC's behaviour policy
+                always learns its std: its candidates are sampled from it.
             repr_dim: CRL representation size d.
-            reward_scale: multiplies dataset rewards on reward tasks.
+            reward_scale: multiplies dataset rewards on reward tasks (after reward_normalization).
+            reward_normalization: "none", or "return_range": multiply rewards by 1000 / (max - min episode return
+                of the dataset), IQL's MuJoCo normalisation.
             normalize_observations: z-score observations and goals with dataset statistics (off on mazes).
             target_noise: TD3's target smoothing noise std, in units of the action half-range.
             target_noise_clip: TD3's clip on that noise, same units.
+            td3_policy_delay: with value "td3", the actor and the target networks update every this many updates
+                (TD3's policy delay d; 1 updates them at every critic update).
+            actor_cosine_steps: decay the actor's learning rate to 0 by a cosine over this many updates, then hold
+                it there (IQL); None keeps it constant. Set it explicitly: a shortened trainer.max_steps leaves it.
             value_data_fraction: share of the dataset's episodes (a prefix) the critic and value train on.
             policy_data_fraction: share of the dataset's episodes (a prefix) the actor trains on.
             name: run name for logs/<name>/<dataset>/ (default "<value>_<extraction>", e.g. "iql_ddpgbc").
@@ -183,6 +201,12 @@ class ValuePolicy(OfflineAlgorithm):
                 raise OffrlError(f"model.{key} must lie in (0, 1], got {fraction}")
         if sfbc_num_samples < 1:
             raise OffrlError(f"model.sfbc_num_samples must be a positive integer, got {sfbc_num_samples}")
+        if reward_normalization not in REWARD_NORMALIZATIONS:
+            raise OffrlError(f"model.reward_normalization must be one of {REWARD_NORMALIZATIONS}, got {reward_normalization!r}")
+        if td3_policy_delay < 1:
+            raise OffrlError(f"model.td3_policy_delay must be a positive integer, got {td3_policy_delay}")
+        if actor_cosine_steps is not None and actor_cosine_steps < 1:
+            raise OffrlError(f"model.actor_cosine_steps must be a positive integer or null, got {actor_cosine_steps}")
         self.save_hyperparameters()
 
     @property
@@ -217,6 +241,10 @@ class ValuePolicy(OfflineAlgorithm):
             self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         if hp.value == "sarsa":
             transitions["next", "action"] = next_actions(transitions)
+        reward_factor = hp.reward_scale
+        if hp.reward_normalization == "return_range" and not goal_dim:
+            reward_factor *= return_range_factor(transitions)
+        self.register_buffer("reward_factor", torch.tensor(reward_factor, dtype=torch.float32))
         self.value_data_size = episode_prefix_size(transitions, hp.value_data_fraction)
         self.policy_data_size = episode_prefix_size(transitions, hp.policy_data_fraction)
 
@@ -229,7 +257,7 @@ class ValuePolicy(OfflineAlgorithm):
 
         if hp.actor == "gaussian":
             self.actor = GaussianMLP(obs_dim + goal_dim, hidden, action_dim, hp.layer_norm)
-            self.actor.log_std.requires_grad_(hp.learned_std)
+            self.actor.log_std.requires_grad_(hp.learned_std or hp.extraction == "sfbc")
         else:
             self.actor = mlp(obs_dim + goal_dim, hidden, action_dim, hp.layer_norm)
         if hp.value == "td3":
@@ -239,7 +267,10 @@ class ValuePolicy(OfflineAlgorithm):
 
     def configure_optimizers(self):
         networks = [self.critic, self.value_net, self.actor] if self.value_net is not None else [self.critic, self.actor]
-        return [torch.optim.Adam(network.parameters(), lr=self.hparams.lr) for network in networks]
+        optimizers = [torch.optim.Adam(network.parameters(), lr=self.hparams.lr) for network in networks]
+        if self.hparams.actor_cosine_steps is None:
+            return optimizers
+        return optimizers, [cosine_decay(optimizers[-1], self.hparams.actor_cosine_steps)]
 
     # -- values ------------------------------------------------------------------------------------------
 
@@ -267,7 +298,7 @@ class ValuePolicy(OfflineAlgorithm):
         if batch.get("goal") is not None:
             reached = batch["next", "goal_reached"].float()
             return reached - 1.0, reached
-        return batch["next", "reward"] * self.hparams.reward_scale, batch["next", "terminated"]
+        return batch["next", "reward"] * self.reward_factor, batch["next", "terminated"]
 
     # -- actions -----------------------------------------------------------------------------------------
 
@@ -312,11 +343,21 @@ class ValuePolicy(OfflineAlgorithm):
         losses = {"critic_loss": self.critic_loss(batch, obs, goal)}
         if self.value_net is not None:
             losses["value_loss"] = self.value_loss(obs, goal, batch["action"])
+        if not self.policy_step():
+            return losses
         if policy_batch is not None:
             batch = policy_batch
             obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
         losses["actor_loss"] = self.actor_loss(obs, goal, batch["action"])
         return losses
+
+    def policy_step(self) -> bool:
+        """Whether this update trains the actor (and moves the targets): always, except between TD3's delayed ones."""
+        delay = self.hparams.td3_policy_delay if self.hparams.value == "td3" else 1
+        return (self.global_step + 1) % delay == 0  # TD3 counts its iterations from 1
+
+    def update_variant(self) -> bool:
+        return self.policy_step()  # one update graph with the actor's loss, one without
 
     def critic_loss(self, batch: TensorDict, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
         hp, action = self.hparams, batch["action"]
@@ -374,6 +415,8 @@ class ValuePolicy(OfflineAlgorithm):
         return sample(len(batch), self.value_data_size), sample(len(batch), self.policy_data_size)
 
     def after_optimizer_step(self) -> None:
+        if not self.policy_step():
+            return
         if self.hparams.value != "crl":
             polyak_update(self.target_critic.parameters(), self.critic.parameters(), self.hparams.tau)
         if self.hparams.value == "td3":
