@@ -404,7 +404,9 @@ class ValuePolicy(OfflineAlgorithm):
             policy_action = self.policy_action(actor_input)
             bc_term = mse(policy_action, action)
         with frozen(self.critic):
-            q_pi = self.q_value(obs, goal, policy_action)
+            q_pi = self.q_values(self.critic, obs, goal, policy_action)
+        # TD3 (and TD3+BC) ascend the first critic; the others the twins' minimum.
+        q_pi = q_pi[0] if hp.value == "td3" else q_pi.min(0).values
         return ddpgbc_loss(q_pi, bc_term, hp.ddpgbc_alpha, hp.normalize_q)
 
     def training_batches(self, batch: TensorDict) -> tuple[TensorDict, TensorDict | None]:
