@@ -83,7 +83,7 @@ def open_loop(kind, model, heldout, t0, horizon, m, generator, simulator, corr_h
         action = actions[t0 + h]
         if kind == "ensemble":
             means, logvars = model.predict(state, action)
-            member = torch.randint(means.shape[0], (len(state),), generator=generator).to(device)
+            member = model.random_elites(len(state), generator)
             next_state = means[member, torch.arange(len(state), device=device), :-1]
             uncertainty = ensemble_penalty(logvars)
         else:

@@ -192,6 +192,25 @@ def test_ensemble_learns_and_keeps_its_best_members_as_elites():
     assert set(model.elites.tolist()) == set(errors.argsort()[:2].tolist())
 
 
+def test_mopo_samples_from_the_elites_but_penalises_with_every_member():
+    """MOPO (fake_env.py) and OfflineRL-Kit take the penalty's maximum std norm over all members, elites or not."""
+    torch.manual_seed(0)
+    model = EnsembleDynamics(4, 2, hidden_dims=(8,), num_members=3, num_elites=1)
+    last = model.member_layers()[-1]
+    with torch.no_grad():
+        last.bias[:, :, 5:] = -20.0  # log-variances of every member at the lower bound...
+        last.bias[2, :, 5:] = 20.0  # ...but member 2 (not an elite) at the upper one
+        model.elites.copy_(torch.tensor([0]))
+    observation = torch.randn(16, 4)
+    steps = rollout(model, lambda obs: torch.zeros(len(obs), 2), observation[:, None][:, :0], torch.zeros(16, 0, 2),
+                    observation, horizon=1, terminated_fn=lambda obs: torch.zeros(len(obs), dtype=torch.bool), penalty_coef=1.0)
+    _, logvars = model.predict(observation, torch.zeros(16, 2))
+    assert torch.allclose(steps["penalty"], ensemble_penalty(logvars))
+    assert torch.allclose(steps["penalty"], ensemble_penalty(logvars[2:]))  # the non-elite's std sets it
+    assert (steps["penalty"] > 10 * ensemble_penalty(logvars[:1])).all()
+    assert model.random_elites(100).eq(0).all()
+
+
 def test_ensemble_layers_start_as_mopos_truncated_normal():
     torch.manual_seed(0)
     model = EnsembleDynamics(11, 3, hidden_dims=(200, 200), num_members=7, num_elites=5)
@@ -445,15 +464,27 @@ PAPER_M_H_BETA = {  # DESIGN.md, from the ADMPO paper
 }
 
 
-MOPO_H_LAMBDA = {  # MOPO paper; the official configs agree but for halfcheetah-medium-expert (lambda 5.0)
-    "hopper-random": (5, 1), "hopper-medium": (5, 5), "hopper-medium-replay": (5, 1), "hopper-medium-expert": (5, 1),
-    "halfcheetah-random": (5, 0.5), "halfcheetah-medium": (1, 1), "halfcheetah-medium-replay": (5, 1),
-    "halfcheetah-medium-expert": (5, 1), "walker2d-random": (1, 1), "walker2d-medium": (5, 5),
-    "walker2d-medium-replay": (1, 1), "walker2d-medium-expert": (1, 2),
+# HxLyn3/ADMPO@68c28b9 config/d4rl/*.yml: (max_arm_step, rollout_length, penalty_coef); the official files agree
+# with the paper's table but for halfcheetah-medium-expert (the paper: 2, 50, 10).
+OFFICIAL_M_H_BETA = PAPER_M_H_BETA | {"halfcheetah-medium-expert": (2, 20, 9.16)}
+
+# yihaosun1124/OfflineRL-Kit@e3ce697 run_example/run_mopo.py's suggested (rollout_length, penalty_coef) for D4RL -v2;
+# it gives none for the random datasets, which keep tianheyu927/mopo@e5efe3e examples/config/d4rl/*.py's (-v0).
+MOPO_H_LAMBDA = {
+    "hopper-random": (5, 1), "hopper-medium": (5, 5), "hopper-medium-replay": (5, 2.5), "hopper-medium-expert": (5, 5),
+    "halfcheetah-random": (5, 0.5), "halfcheetah-medium": (5, 0.5), "halfcheetah-medium-replay": (5, 0.5),
+    "halfcheetah-medium-expert": (5, 2.5), "walker2d-random": (1, 1), "walker2d-medium": (5, 0.5),
+    "walker2d-medium-replay": (1, 2.5), "walker2d-medium-expert": (1, 2.5),
 }
 
 
-OFFICIAL_ALPHA = {"hopper-random": 1.0, "hopper-medium-expert": 0.05, "halfcheetah-medium-expert": 0.05}
+# The official config/d4rl files' alpha (main4offline.py's default 0.1 where a file sets none) and real_ratio
+# (default 0.05); the official batch takes int(256 * real_ratio) real rows.
+OFFICIAL_ALPHA = {
+    "hopper-random": 1.0, "hopper-medium": 0.05, "hopper-medium-replay": 0.05, "hopper-medium-expert": 0.05,
+    "halfcheetah-medium-expert": 0.05, "walker2d-random": 1.0, "walker2d-medium": 0.01, "walker2d-medium-expert": 0.011,
+}
+OFFICIAL_HALF_REAL = {"hopper-medium-replay", "hopper-medium-expert", "halfcheetah-medium-expert", "walker2d-medium-replay", "walker2d-medium-expert"}
 
 
 @pytest.mark.parametrize("algorithm", ["admpo_off", "mopo"])
@@ -466,13 +497,19 @@ def test_configs_build_with_the_papers_settings(algorithm):
         config = yaml.safe_load(path.read_text())
         module = ModelBasedSAC(**config["model"]["init_args"])
         hp, data = module.hparams, config["data"]["init_args"]
-        real = data["batch_size"] / (data["batch_size"] + hp.model_rows)
-        assert abs(real - (0.5 if path.stem.endswith(("medium-expert", "medium-replay")) else 0.05)) < 0.01
+        half = algorithm == "admpo_off" and path.stem in OFFICIAL_HALF_REAL  # MOPO: 0.05 on every dataset
+        assert (data["batch_size"], hp.model_rows) == ((128, 128) if half else (12, 244))
+        assert (hp.rollout_every, hp.rollout_batch_size, hp.retain_rounds) == (1000, 50000, 5)
         if algorithm == "admpo_off":
-            assert (hp.max_window, hp.rollout_horizon, hp.penalty_coef) == PAPER_M_H_BETA[path.stem]
+            assert (hp.max_window, hp.rollout_horizon, hp.penalty_coef) == OFFICIAL_M_H_BETA[path.stem]
+            assert hp.penalty_form == "official"
             # Every official config/d4rl file sets auto_alpha False: a fixed temperature (its alpha, else 0.1).
             assert not hp.learn_alpha and hp.init_alpha == OFFICIAL_ALPHA.get(path.stem, 0.1)
+            assert hp.model_hidden_dim == (400 if path.stem == "halfcheetah-medium-expert" else 200)
+            assert config["trainer"]["max_steps"] == (3_000_000 if path.stem.endswith("random") else 5_000_000)
         else:
             assert hp.dynamics == "ensemble" and (hp.ensemble_members, hp.ensemble_elites) == (7, 5)
             assert (hp.rollout_horizon, hp.penalty_coef) == MOPO_H_LAMBDA[path.stem]
             assert list(hp.ensemble_weight_decay) == [2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4] and hp.model_patience == 5
+            # OfflineRL-Kit's temperature: learned from log alpha 0 at lr 1e-4 toward entropy -action_dim.
+            assert hp.learn_alpha and (hp.init_alpha, hp.alpha_lr, hp.target_entropy) == (1.0, 1e-4, None)

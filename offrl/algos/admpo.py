@@ -208,7 +208,7 @@ def rollout(
                 penalty = None
         else:
             means, logvars = model.predict(observation, action)
-            member = torch.randint(means.shape[0], (observation.shape[0],), device=observation.device)
+            member = model.random_elites(observation.shape[0])
             rows = torch.arange(observation.shape[0], device=observation.device)
             mean, logvar = means[member, rows], logvars[member, rows]
             penalty = ensemble_penalty(logvars) if penalty_coef else None

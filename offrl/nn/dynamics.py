@@ -166,10 +166,15 @@ class EnsembleDynamics(nn.Module):
         return mean, self.bounds(logvar)
 
     def predict(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Absolute next-state mean and reward mean, and log-variance, of the elites: [E_elite, B, obs + 1]."""
+        """Absolute next-state mean and reward mean, and log-variance, of every member: [E, B, obs + 1]. Samples
+        come from the elites (`random_elites`); MOPO's penalty takes its maximum over all members."""
         mean, logvar = self(obs, action)
-        mean, logvar = mean[self.elites], logvar[self.elites]
         return torch.cat([mean[..., :-1] + obs, mean[..., -1:]], -1), logvar
+
+    def random_elites(self, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One elite member index per row [size], uniformly (MOPO's random_inds)."""
+        draw = torch.randint(len(self.elites), (size,), generator=generator)
+        return self.elites[draw.to(self.elites.device)]
 
     @torch.no_grad()
     def select_elites(self, holdout_errors: torch.Tensor) -> None:
