@@ -110,6 +110,16 @@ def data_main(args: list[str]) -> None:
     importer.add_argument("file", type=Path)
     importer.add_argument("--id", required=True, dest="dataset_id", help="Minari id to create, e.g. local/hopper/medium-v0")
     importer.add_argument("--env", required=True, dest="env_id", help="Gymnasium env id the data came from, e.g. Hopper-v5")
+    importer.add_argument(
+        "--max-episode-steps",
+        help="evaluation episode length (default: D4RL's for AdroitHand* envs, pen 100 and the others 200; else the env's registered limit)",
+    )
+    importer.add_argument("--env-kwargs", help='JSON object of keyword arguments for the env, e.g. \'{"terminate_when_unhealthy": false}\'')
+    importer.add_argument(
+        "--env-reward",
+        action="store_true",
+        help="AdroitHand* envs: evaluate with the env's own reward and pen episode end instead of D4RL's",
+    )
     parsed = parser.parse_args(args)
 
     if parsed.command == "list":
@@ -139,7 +149,9 @@ def data_main(args: list[str]) -> None:
         registry.generate(parsed.dataset_id, steps=parsed.steps, episodes=parsed.episodes, seed=parsed.seed)
         print(f"wrote {parsed.dataset_id}")
     elif parsed.command == "import-d4rl":
-        path = d4rl_import.import_d4rl(parsed.file, parsed.dataset_id, parsed.env_id)
+        path = d4rl_import.import_d4rl(
+            parsed.file, parsed.dataset_id, parsed.env_id, parsed.max_episode_steps, parsed.env_kwargs, d4rl_rules=not parsed.env_reward
+        )
         print(f"wrote {parsed.dataset_id} to {path}")
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import h5py
@@ -11,6 +14,7 @@ from minari.data_collector import EpisodeBuffer
 
 from offrl.data import minari_io
 from offrl.data.generators import GeneratedDataset
+from offrl.envs import d4rl_adroit
 from offrl.envs.scores import reference_scores
 from offrl.errors import OffrlError
 
@@ -118,28 +122,104 @@ def split_episodes(arrays: dict[str, np.ndarray]) -> list[EpisodeBuffer]:
     return episodes
 
 
-def import_d4rl(path: Path, dataset_id: str, env_id: str) -> Path:
-    """Convert a D4RL HDF5 file into the Minari dataset `dataset_id` recorded against Gymnasium env `env_id`."""
+def parse_env_kwargs(text: str | None) -> dict[str, Any]:
+    """The JSON object of `--env-kwargs` as a dict ({} for None), or one sentence why not."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        example = "'{\"terminate_when_unhealthy\": false}'"
+        raise OffrlError(f"--env-kwargs {text!r} is not a JSON object of keyword arguments; give one such as {example}")
+    return value
+
+
+def parse_max_episode_steps(value: int | str | None) -> int | None:
+    """`--max-episode-steps` as a positive int (None stays None: the default length), or one sentence why not."""
+    if value is None:
+        return None
+    try:
+        steps = int(value) if not isinstance(value, (bool, float)) else None
+    except ValueError:
+        steps = None
+    if steps is None or steps <= 0:
+        raise OffrlError(
+            f"--max-episode-steps {value} is not a positive whole number of steps; give the evaluation episode "
+            "length, e.g. 200, or leave it out for the env's default"
+        )
+    return steps
+
+
+def eval_env_spec(
+    env_id: str, max_episode_steps: int | None = None, env_kwargs: dict[str, Any] | None = None, d4rl_rules: bool = True
+) -> gym.envs.registration.EnvSpec:
+    """The spec an imported dataset records for `env_id`: its kwargs updated by `env_kwargs`, its time limit
+    replaced by `max_episode_steps`, and, for a dense AdroitHand* env unless `d4rl_rules` is off, D4RL's Adroit
+    reward, pen ending and episode length (offrl.envs.d4rl_adroit)."""
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
     try:
         spec = gym.spec(env_id)
-        env = gym.make(spec)
     except gym.error.Error as err:
         raise OffrlError(f"--env {env_id!r} is not a Gymnasium env that can be made here ({err})") from None
+    if d4rl_rules and d4rl_adroit.adroit_task(env_id) is not None:
+        return d4rl_adroit.d4rl_adroit_spec(env_id, max_episode_steps, env_kwargs)
+    return dataclasses.replace(
+        spec,
+        kwargs={**spec.kwargs, **(env_kwargs or {})},
+        max_episode_steps=spec.max_episode_steps if max_episode_steps is None else max_episode_steps,
+    )
+
+
+def import_d4rl(
+    path: Path,
+    dataset_id: str,
+    env_id: str,
+    max_episode_steps: int | str | None = None,
+    env_kwargs: dict[str, Any] | str | None = None,
+    d4rl_rules: bool = True,
+) -> Path:
+    """Convert a D4RL HDF5 file into the Minari dataset `dataset_id` recorded against Gymnasium env `env_id`.
+
+    The recorded env (used by evaluation) is `env_id` made with `env_kwargs` (a dict or a JSON object) and
+    `max_episode_steps` (default: the registered limit); a dense AdroitHand* env gets D4RL's reward and episode
+    length (pen 100 steps, the others 200) unless `d4rl_rules` is False, so scores compare with D4RL's tables.
+    """
+    steps = parse_max_episode_steps(max_episode_steps)
+    kwargs = parse_env_kwargs(env_kwargs) if not isinstance(env_kwargs, dict) else env_kwargs
+    spec = eval_env_spec(env_id, steps, kwargs, d4rl_rules)
+    try:
+        env = gym.make(spec)
+    except OffrlError:
+        raise
+    except Exception as err:  # gym errors, and TypeError/ValueError from a constructor refusing a kwarg
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not kwargs:
+            raise OffrlError(f"--env {env_id!r} is not a Gymnasium env that can be made here ({detail})") from None
+        raise OffrlError(
+            f"--env {env_id!r} cannot be made with --env-kwargs {json.dumps(kwargs)} ({detail}); pass only keyword "
+            "arguments its constructor takes"
+        ) from None
+    try:
+        obs_space = env.observation_space["observation"] if isinstance(env.observation_space, gym.spaces.Dict) else env.observation_space
+        action_space = env.action_space
+    finally:
+        env.close()
     arrays = read_d4rl_arrays(Path(path))
     episodes = split_episodes(arrays)
-    obs_space = env.observation_space["observation"] if isinstance(env.observation_space, gym.spaces.Dict) else env.observation_space
     if arrays["observations"].shape[1:] != obs_space.shape:
         raise OffrlError(
             f"observations in {path} have shape {arrays['observations'].shape[1:]} but {env_id} gives {obs_space.shape}; pick the matching --env"
         )
-    if arrays["actions"].shape[1:] != env.action_space.shape:
-        raise OffrlError(f"actions in {path} have shape {arrays['actions'].shape[1:]} but {env_id} takes {env.action_space.shape}")
+    if arrays["actions"].shape[1:] != action_space.shape:
+        raise OffrlError(f"actions in {path} have shape {arrays['actions'].shape[1:]} but {env_id} takes {action_space.shape}")
     if isinstance(env.observation_space, gym.spaces.Dict) and "infos/goal" not in arrays:
         raise OffrlError(f"{env_id} is goal-conditioned but {path} has no infos/goal; pick a flat-observation --env")
     ref_min, ref_max = reference_scores(env_id)
+    rules = d4rl_adroit.has_d4rl_rules(spec)
     generated = GeneratedDataset(
         episodes=episodes,
         env_spec=spec,
@@ -148,6 +228,12 @@ def import_d4rl(path: Path, dataset_id: str, env_id: str) -> Path:
         ref_max_score=ref_max,
         algorithm_name="imported from D4RL HDF5",
         description=f"Imported from {Path(path).name} by offrl data import-d4rl.",
-        metadata={"source_file": str(Path(path).resolve()), "transitions_in_file": int(len(arrays["observations"]))},
+        metadata={
+            "source_file": str(Path(path).resolve()),
+            "transitions_in_file": int(len(arrays["observations"])),
+            "max_episode_steps": spec.max_episode_steps,
+            "env_kwargs": kwargs,
+            "eval_reward": "D4RL's Adroit rules (offrl.envs.d4rl_adroit.D4RLAdroit)" if rules else "the env's own",
+        },
     )
     return minari_io.write_dataset(dataset_id, generated)

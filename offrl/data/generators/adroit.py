@@ -1,14 +1,14 @@
 """Adroit `expert` datasets, D4RL's recipe: the DAPG expert policies sampled stochastically, here in
-Gymnasium-Robotics' `AdroitHand{Pen,Door,Hammer,Relocate}-v1`.
+Gymnasium-Robotics' `AdroitHand{Pen,Door,Hammer,Relocate}-v1` scored by D4RL's rules.
 
 D4RL ran mjrl's `get_action` (mean + exp(log_std) * N(0, 1)) and clipped the action to [-1, 1]
 (d4rl scripts/generation/hand_dapg_policies.py); its reference expert returns were measured the same way.
 The v1 environments keep v0's observation layout and its [-1, 1] -> actuator-range action mapping, so the
-v0 policies run unchanged. Two known differences, each moving normalised scores by under half a point:
-- Gymnasium-Robotics 1.2.1 to 1.4.2 flipped the sign of the small hand-to-object term of the door, hammer
-  and relocate dense rewards (its PR 220; fixed only in v2 envs, which this version does not have).
-  Rewards are recorded as the environment gives them, so that they match evaluation in the same environment.
-- D4RL's pen-v0 ended an episode when the pen fell; v1 goes on to the time limit.
+v0 policies run unchanged. Their rewards and pen episodes are not D4RL's (v1 adds the hand-to-object distance
+term of door, hammer and relocate that D4RL subtracts, and runs pen for 200 steps without ending it when the
+pen falls), so data are collected through `offrl.envs.d4rl_adroit.D4RLAdroit` with D4RL's episode lengths:
+the stored rewards, terminations and the recorded env and eval env specs are D4RL's, as in D4RL's expert files,
+and evaluation scores compare with published tables.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 
 from offrl.data.generators import GeneratedDataset, Progress, collect_episodes, return_summary
 from offrl.data.policies.dapg import load_dapg_policy
+from offrl.envs import d4rl_adroit
 from offrl.envs.scores import D4RL_REFERENCE_SCORES
 from offrl.errors import OffrlError
 from offrl.paths import policies_dir
@@ -27,7 +28,9 @@ TASKS = ("pen", "door", "hammer", "relocate")
 
 # D4RL's pen episodes last 100 steps and its reference returns were measured over 100 steps; v1 registers
 # all four tasks with 200, which is D4RL's length for the other three.
-EPISODE_STEPS = {"pen": 100, "door": 200, "hammer": 200, "relocate": 200}
+EPISODE_STEPS = d4rl_adroit.EPISODE_STEPS
+
+REWARD = "D4RL's (offrl.envs.d4rl_adroit.D4RLAdroit, recorded in the env and eval env specs); pen ends when the pen falls"
 
 SAMPLING = "stochastic: mean + exp(log_std) * N(0, 1), clipped to [-1, 1], as D4RL sampled its expert data"
 
@@ -37,8 +40,9 @@ def env_id(task: str) -> str:
 
 
 def make_env(task: str) -> gym.Env:
+    """The task's v1 env under D4RL's rules (reward, pen's end on a drop, episode length)."""
     gym.register_envs(gymnasium_robotics)
-    return gym.make(env_id(task), max_episode_steps=EPISODE_STEPS[task])
+    return d4rl_adroit.make_d4rl_adroit(env_id(task), max_episode_steps=EPISODE_STEPS[task])
 
 
 def generate(task: str, *, steps: int | None, episodes: int | None, seed: int, progress: Progress) -> GeneratedDataset:
@@ -73,16 +77,17 @@ def generate(task: str, *, steps: int | None, episodes: int | None, seed: int, p
         algorithm_name="DAPG expert policy (aravindr93/hand_dapg), sampled stochastically",
         description=(
             f"D4RL-style Adroit {task} expert data: the DAPG expert policy {policy_file} run in {env_id(task)} "
-            f"({EPISODE_STEPS[task]}-step episodes), actions {SAMPLING}."
+            f"({EPISODE_STEPS[task]}-step episodes) with D4RL's reward, actions {SAMPLING}."
         ),
         metadata={
             "policy_file": policy_file,
             "sampling": SAMPLING,
             "env_id": env_id(task),
             "max_episode_steps": EPISODE_STEPS[task],
+            "reward": REWARD,
             **return_summary(complete_returns, ref_min, ref_max),
             "seed": seed,
-            # The door, hammer and relocate rewards of AdroitHand*-v1 changed between releases (see above).
+            # The v1 envs' own rewards changed between releases; D4RLAdroit computes D4RL's whatever the release.
             "gymnasium_robotics_version": gymnasium_robotics.__version__,
         },
     )
