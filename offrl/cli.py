@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from offrl.algos.base import OfflineAlgorithm
 from offrl.callbacks.evaluation import EvaluationCallback
 from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
 from offrl.callbacks.throughput import UpdateLoop, UpdateThroughput
+from offrl.checkpoints import AtomicCheckpointIO, newest_readable, read_checkpoint
 from offrl.data.datamodules import TransitionDataModule
 from offrl.errors import OffrlError
 
@@ -31,14 +33,50 @@ def dataset_short_name(dataset_id: str) -> str:
     return "-".join(parts)
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """(version, last.ckpt) of the newest version under `run_dir` that saved one."""
+def latest_run(run_dir: Path) -> tuple[int, Path] | None:
+    """(version, checkpoints folder) of the newest version under `run_dir` that saved a checkpoint."""
     found = []
     for version_dir in run_dir.glob("version_*"):
-        last = version_dir / "checkpoints" / "last.ckpt"
-        if last.is_file() and version_dir.name[len("version_"):].isdigit():
-            found.append((int(version_dir.name[len("version_"):]), last))
+        number = version_dir.name[len("version_"):]
+        if number.isdigit() and any((version_dir / "checkpoints").glob("*.ckpt")):
+            found.append((int(number), version_dir / "checkpoints"))
     return max(found) if found else None
+
+
+def plain(value):
+    """Hyperparameters compared as the config writes them (tuples as lists)."""
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
+def checkpoint_mismatch(checkpoint: dict, path: Path, model, dataset_id: str, resuming: bool) -> str | None:
+    """One sentence on why `checkpoint` (read from `path`) does not belong to this config, or None. Any run checks
+    the algorithm and the dataset; a resumed fit also every model hyperparameter (it must continue the same run)."""
+    made = checkpoint.get("offrl", {})
+    saved_hparams = checkpoint.get("hyper_parameters") or {}
+    algorithm = made.get("algorithm") or saved_hparams.get("_class_path")
+    own = f"{type(model).__module__}.{type(model).__qualname__}"
+    fix = "give the config the run was made with (its config.yaml) or a checkpoint made by this config"
+    if algorithm is not None and algorithm != own:
+        return f"checkpoint {path} was made by {algorithm} but the config builds {own}; {fix}"
+    saved_dataset = made.get("dataset_id") or (checkpoint.get("datamodule_hyper_parameters") or {}).get("dataset_id")
+    if saved_dataset is not None and saved_dataset != dataset_id:
+        return f"checkpoint {path} was trained on {saved_dataset} but the config's data.dataset_id is {dataset_id}; {fix}"
+    if resuming:
+        changed = [
+            f"model.{key} {plain(saved_hparams[key])!r} -> {plain(value)!r}"
+            for key, value in model.hparams.items()
+            if key in saved_hparams and not key.startswith("_") and plain(saved_hparams[key]) != plain(value)
+        ]
+        if changed:
+            return (
+                f"checkpoint {path} was trained with other settings than the config gives ({', '.join(changed)}); "
+                "resume with the run's own config (its config.yaml) or start a new run without --ckpt_path"
+            )
+    return None
 
 
 class OffrlCLI(LightningCLI):
@@ -57,23 +95,76 @@ class OffrlCLI(LightningCLI):
             }
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would overwrite the config's model with the checkpoint's hyperparameters (so another
+        algorithm's checkpoint was taken silently); offrl keeps the config and checks the checkpoint against it
+        in instantiate_classes."""
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        # Set here, not as trainer.plugins: the recorded config stays loadable and a user's plugins stay theirs.
+        self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_name = f"{self.model.algorithm_name}/{dataset_short_name(self.datamodule.dataset_id)}"
         version = None
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
             # Resume in the newest run of this algorithm and dataset, logging into the same version folder.
-            found = latest_checkpoint(Path(LOG_ROOT) / run_name)
+            found = latest_run(Path(LOG_ROOT) / run_name)
             if found is None:
                 raise OffrlError(f"--ckpt_path last found no checkpoint under {LOG_ROOT}/{run_name}; start a fresh run")
-            version, path = found
+            version, checkpoint_dir = found
+            path, skipped = newest_readable(checkpoint_dir)
+            for line in skipped:
+                print(f"offrl: {line}; resuming from {path} instead", file=sys.stderr)
             self.config_init[self.subcommand]["ckpt_path"] = str(path)
-        elif ckpt_path is not None and not Path(ckpt_path).is_file():
-            raise OffrlError(f"--ckpt_path {ckpt_path} does not exist; give a .ckpt file or 'last'")
+            config["ckpt_path"] = str(path)  # and the start's recorded config names the file it resumed
+        elif ckpt_path is not None:
+            path = Path(ckpt_path)
+        self.start_step = 0
+        if ckpt_path is not None:
+            checkpoint = read_checkpoint(path, map_location="cpu")
+            mismatch = checkpoint_mismatch(checkpoint, path, self.model, self.datamodule.dataset_id, self.subcommand == "fit")
+            if mismatch:
+                raise OffrlError(mismatch)
+            self.start_step = int(checkpoint.get("global_step", 0))
+            del checkpoint
+        self.fresh_run_dir = None
         if config["trainer"].get("logger") in (None, True):
             self.trainer.logger = TensorBoardLogger(LOG_ROOT, name=run_name, version=version, default_hp_metric=False)
+            run_dir = Path(self.trainer.logger.log_dir)
+            if version is None:
+                self.fresh_run_dir = run_dir
+            self.name_config_file(run_dir)
+
+    def name_config_file(self, run_dir: Path) -> None:
+        """Each start of a run keeps its own resolved config: config.yaml for the first, then config.start-N.yaml."""
+        callback = next((c for c in self.trainer.callbacks if isinstance(c, SaveConfigCallback)), None)
+        if callback is None or not (run_dir / "config.yaml").exists():
+            return
+        number = 2
+        while (run_dir / f"config.start-{number}.yaml").exists():
+            number += 1
+        callback.config_filename = f"config.start-{number}.yaml"
+        self.extra_config_file = run_dir / callback.config_filename
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            self.discard_failed_start()
+            raise
+
+    def discard_failed_start(self) -> None:
+        """A start that failed before its first update leaves nothing behind: no new version folder, no config."""
+        if self.trainer.global_step > self.start_step:
+            return
+        fresh = getattr(self, "fresh_run_dir", None)
+        if fresh is not None and fresh.is_dir() and not any(fresh.rglob("*.ckpt")):
+            shutil.rmtree(fresh, ignore_errors=True)
+        extra = getattr(self, "extra_config_file", None)
+        if extra is not None:
+            extra.unlink(missing_ok=True)
 
 
 def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:

@@ -1,6 +1,9 @@
-"""Interrupted runs resume exactly: same parameters, optimiser and scheduler states, and the same logged numbers.
+"""Interrupted runs resume exactly: same parameters, optimiser and scheduler states, and the same logged numbers,
+from a stop in the middle of an epoch and from a kill right after the periodic checkpoint on an epoch's last update
+(the shipped configs' cadence: their checkpoint interval is a multiple of data.steps_per_epoch).
 
-Every algorithm is one entry of ALGORITHMS (model and data sections of a tiny config); a new one is one more entry.
+Every algorithm family is one entry of ALGORITHMS (model and data sections of a tiny config); a new one is one
+more entry. Online runs (SAC, ADMPO-ON) resume their buffer and schedule: tests/test_online.py.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+
+import shutil
 
 import lightning as L
 import pytest
@@ -23,9 +29,11 @@ from offrl.algos.bc import BC
 from offrl.cli import main
 
 DATASET = "test/resume/hopper-v0"
+GOAL_DATASET = "test/resume/pointmaze-v0"
 RUN = Path("logs")
 STEPS_PER_EPOCH = 25
 STOP_AT = 37  # inside the second epoch, and (for RSP) inside the second stage
+KILL_AT = 50  # the second epoch's last update, where the uninterrupted run writes a periodic checkpoint
 
 ALGORITHMS = {
     "bc": (
@@ -34,14 +42,39 @@ ALGORITHMS = {
         60,
     ),
     "iql_ddpgbc": (
-        {"class_path": "offrl.algos.value_policy.ValuePolicy", "init_args": {"value": "iql", "extraction": "ddpgbc", "hidden_dims": [16, 16]}},
+        {"class_path": "offrl.algos.value_policy.ValuePolicy", "init_args": {"value": "iql", "extraction": "ddpgbc", "hidden_dims": [16, 16], "repr_dim": 8}},
         {"class_path": "offrl.data.datamodules.TransitionDataModule"},
+        60,
+    ),
+    "iql_awr": (
+        {"class_path": "offrl.algos.value_policy.ValuePolicy", "init_args": {"value": "iql", "extraction": "awr", "hidden_dims": [16, 16], "repr_dim": 8}},
+        {"class_path": "offrl.data.datamodules.TransitionDataModule"},
+        60,
+    ),
+    "sarsa_sfbc": (
+        {"class_path": "offrl.algos.value_policy.ValuePolicy", "init_args": {"value": "sarsa", "extraction": "sfbc", "hidden_dims": [16, 16], "repr_dim": 8}},
+        {"class_path": "offrl.data.datamodules.TransitionDataModule"},
+        60,
+    ),
+    "td3_ddpgbc": (
+        {"class_path": "offrl.algos.value_policy.ValuePolicy", "init_args": {"value": "td3", "extraction": "ddpgbc", "hidden_dims": [16, 16], "repr_dim": 8, "actor": "deterministic"}},
+        {"class_path": "offrl.data.datamodules.TransitionDataModule"},
+        60,
+    ),
+    "crl_ddpgbc": (
+        {"class_path": "offrl.algos.value_policy.ValuePolicy", "init_args": {"value": "crl", "extraction": "ddpgbc", "hidden_dims": [16, 16], "repr_dim": 8}},
+        {"class_path": "offrl.data.datamodules.HindsightDataModule"},
         60,
     ),
     "rsp": (
         {"class_path": "offrl.algos.rsp.RSP", "init_args": {"hidden_dims": [16, 16], "steps_per_stage": 20, "target_return": 50}},
         {"class_path": "offrl.data.datamodules.SkipStepDataModule", "init_args": {"scales": [2, 4]}},
         60,  # (depth 2 + 1) stages x 20: the stop lands in the second stage, the cosine schedule restarts at 40
+    ),
+    "rsp_joint": (
+        {"class_path": "offrl.algos.rsp.RSP", "init_args": {"hidden_dims": [16, 16], "steps_per_stage": 60, "training": "joint", "target_return": 50}},
+        {"class_path": "offrl.data.datamodules.SkipStepDataModule", "init_args": {"scales": [2, 4]}},
+        60,
     ),
     "admpo_off": (
         {
@@ -54,6 +87,18 @@ ALGORITHMS = {
         },
         {"class_path": "offrl.data.datamodules.TransitionDataModule"},
         60,  # roll-outs at 0, 20 and 40: the stop at 37 lands between two, with a model buffer to restore
+    ),
+    "mopo": (
+        {
+            "class_path": "offrl.algos.admpo.ModelBasedSAC",
+            "init_args": {
+                "dynamics": "ensemble", "max_window": 1, "rollout_horizon": 2, "ensemble_hidden_dims": [8, 8], "ensemble_members": 3,
+                "ensemble_elites": 2, "model_max_epochs": 2, "model_updates_per_epoch": 5, "hidden_dims": [16, 16], "model_rows": 16,
+                "rollout_every": 20, "rollout_batch_size": 32, "retain_rounds": 2,
+            },
+        },
+        {"class_path": "offrl.data.datamodules.TransitionDataModule"},
+        60,
     ),
 }
 
@@ -72,12 +117,27 @@ class SignalAt(L.Callback):
 @pytest.fixture(scope="module")
 def dataset():
     write_synthetic(DATASET, [50] * 12)
+    write_synthetic(GOAL_DATASET, [50] * 12, goal=True)
     return DATASET
+
+
+class CopyRunAt(L.Callback):
+    """Copies the run folder to `destination` at update `step`'s validation: after that update's periodic checkpoint
+    and before its evaluation, what a process SIGKILLed there leaves on disk."""
+
+    def __init__(self, step: int, destination: str):
+        self.step, self.destination = step, destination
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            shutil.copytree(RUN, Path(self.destination) / RUN)
 
 
 def write_config(path: Path, algorithm: str, dataset_id: str, every_n_train_steps: int = 1000, callbacks=(), model_class: str | None = None) -> Path:
     model, data, max_steps = ALGORITHMS[algorithm]
     model = {**model, "class_path": model_class or model["class_path"]}
+    if data["class_path"].endswith("HindsightDataModule"):
+        dataset_id = GOAL_DATASET
     data_args = {"dataset_id": dataset_id, "batch_size": 32, "steps_per_epoch": STEPS_PER_EPOCH, **data.get("init_args", {})}
     config = {
         "seed_everything": 3,
@@ -147,8 +207,10 @@ def uninterrupted(dataset, tmp_path_factory):
             root = tmp_path_factory.mktemp(f"uninterrupted-{algorithm}")
             cwd = os.getcwd()
             os.chdir(root)
+            copy = {"class_path": "test_resume.CopyRunAt", "init_args": {"step": KILL_AT, "destination": str(root / "killed")}}
             try:
-                assert fit("--config", str(write_config(root / "full.yaml", algorithm, dataset))) == 0
+                config = write_config(root / "full.yaml", algorithm, dataset, every_n_train_steps=STEPS_PER_EPOCH, callbacks=[copy])
+                assert fit("--config", str(config)) == 0
             finally:
                 os.chdir(cwd)
             (runs[algorithm],) = run_dirs(root)
@@ -162,7 +224,11 @@ def stop_and_resume(algorithm: str, dataset: str, root: Path, signum: int) -> Pa
     assert fit("--config", str(write_config(root / "stopped.yaml", algorithm, dataset, callbacks=[stop]))) == 128 + signum
     (interrupted,) = run_dirs(root)
     assert final_state(interrupted)["global_step"] == STOP_AT
-    assert fit("--config", str(write_config(root / "resume.yaml", algorithm, dataset)), "--ckpt_path", "last") == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert fit("--config", str(write_config(root / "resume.yaml", algorithm, dataset)), "--ckpt_path", "last") == 0
+    # The data pipeline is resumable: Lightning has no "dataloader is not resumable" warning to give.
+    assert not [w for w in caught if "not resumable" in str(w.message)]
     assert run_dirs(root) == [interrupted]  # the resume logs into the interrupted run
     return interrupted
 
@@ -175,6 +241,21 @@ def test_interrupted_run_resumes_to_the_same_parameters_and_logs(algorithm, data
     expected, resumed = logged(uninterrupted(algorithm)), logged(interrupted)
     assert len(expected["eval/return"]) == 2
     assert resumed == expected
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_a_run_killed_after_an_end_of_epoch_checkpoint_resumes_exactly(algorithm, dataset, uninterrupted, monkeypatch):
+    """The checkpoint precedes that epoch's evaluation; the resumed run evaluates first, then goes on as if unbroken
+    (its data loader's iterator no longer draws from the global RNG, which shifted every later draw)."""
+    full = uninterrupted(algorithm)
+    killed = full.parents[3] / "killed"
+    monkeypatch.chdir(killed)
+    (interrupted,) = run_dirs(killed)
+    assert final_state(interrupted)["global_step"] == KILL_AT
+    config = write_config(killed / "resume.yaml", algorithm, DATASET, every_n_train_steps=STEPS_PER_EPOCH)
+    assert fit("--config", str(config), "--ckpt_path", "last") == 0
+    assert_same_training_state(final_state(full), final_state(interrupted))
+    assert logged(interrupted) == logged(full)
 
 
 def test_ctrl_c_also_stops_with_a_checkpoint(dataset, uninterrupted, in_tmp_dir, capsys):
@@ -252,7 +333,8 @@ def test_a_run_killed_right_after_a_checkpoint_keeps_every_logged_point(dataset,
     assert process.returncode == -signal.SIGKILL
     (interrupted,) = run_dirs(in_tmp_dir)
     assert final_state(interrupted)["global_step"] == 30
-    assert fit("--config", str(write_config(in_tmp_dir / "resume.yaml", "bc", dataset)), "--ckpt_path", "last") == 0
+    # Resumed with the same class (it kills only at update 30, which the resumed run starts after).
+    assert fit("--config", str(config), "--ckpt_path", "last") == 0
     assert logged(interrupted) == logged(uninterrupted("bc"))
 
 

@@ -255,6 +255,12 @@ class OfflineAlgorithm(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The open logging window is training state: a resumed run logs the same window means.
         checkpoint["loss_window"] = dict(self._loss_window)
+        # What made the checkpoint, so that a run of another algorithm or dataset refuses it (offrl.cli).
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        checkpoint["offrl"] = {
+            "algorithm": f"{type(self).__module__}.{type(self).__qualname__}",
+            "dataset_id": getattr(datamodule, "dataset_id", None),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "loss_window" in checkpoint:
@@ -264,6 +270,6 @@ class OfflineAlgorithm(L.LightningModule):
         for name, tensor in checkpoint["state_dict"].items():
             if name in own and own[name].shape != tensor.shape:
                 raise OffrlError(
-                    f"checkpoint parameter {name} has shape {tuple(tensor.shape)} but this dataset needs "
-                    f"{tuple(own[name].shape)}; use a checkpoint trained on the same dataset"
+                    f"checkpoint parameter {name} has shape {tuple(tensor.shape)} but this config and dataset build "
+                    f"{tuple(own[name].shape)}; use the run's own config (its config.yaml) and dataset"
                 )

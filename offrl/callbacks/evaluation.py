@@ -1,4 +1,9 @@
-"""Evaluation roll-outs as a Lightning callback: at every validation (each epoch of updates) and at `test`."""
+"""Evaluation roll-outs as a Lightning callback: at every validation (each epoch of updates) and at `test`.
+
+A periodic checkpoint on an epoch's last update is written before that epoch's evaluation, and Lightning resumes
+from it into the next epoch: the evaluation it missed runs at the resumed run's start, so a run that was killed
+there logs (and draws random numbers) as one that never stopped.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +34,10 @@ class EvaluationCallback(L.Callback):
         self.success_threshold = success_threshold
         self.parallel = parallel
         self.env = None
+        self.evaluated_at = 0  # the update of the last evaluation during fit (none is due at 0)
 
-    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def evaluation_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """One evaluation's metrics, on rank 0 (empty on the others)."""
         metrics: dict[str, float] = {}
         if trainer.is_global_zero:
             info = trainer.datamodule.info
@@ -44,8 +49,32 @@ class EvaluationCallback(L.Callback):
             with improved_act(trainer, pl_module) as act:  # OPEX / TTT callbacks, when configured
                 metrics = evaluate(act, self.env, info, self.num_episodes, pl_module.device, self.success_threshold)
             pl_module.train(was_training)
-        for name, value in metrics.items():
+        return metrics
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for name, value in self.evaluation_metrics(trainer, pl_module).items():
             pl_module.log(name, torch.tensor(value), rank_zero_only=True)
+        if trainer.training or trainer.state.fn == "fit":
+            self.evaluated_at = trainer.global_step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        # After every on_train_start (the RNG states are restored there), before the first update of the epoch
+        # (Lightning resumes such a checkpoint as the middle of an epoch: no on_train_epoch_start).
+        step, every = trainer.global_step, trainer.datamodule.steps_per_epoch
+        due = step % every == 0 and (step // every) % (trainer.check_val_every_n_epoch or 1) == 0
+        if self.evaluated_at < step and due and trainer.limit_val_batches != 0:
+            metrics = self.evaluation_metrics(trainer, pl_module)
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped - 1)
+            self.evaluated_at = step
+
+    def state_dict(self) -> dict[str, int]:
+        return {"evaluated_at": self.evaluated_at}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.evaluated_at = int(state_dict.get("evaluated_at", 0))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Build the env before the first update: a dataset that cannot be evaluated fails now, not an epoch later.

@@ -97,6 +97,13 @@ class StopCheckpoint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_sigint()
+        # ModelCheckpoint leaves last.ckpt at the last periodic save when a run ends between two of them; the
+        # finished run's last.ckpt holds its final state.
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.save_last and trainer.global_step != getattr(checkpoint, "_last_global_step_saved", -1):
+            path = self.last_checkpoint_path(trainer)
+            checkpoint.last_model_path = str(path)
+            trainer.save_checkpoint(path)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()

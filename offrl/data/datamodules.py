@@ -2,7 +2,8 @@
 
 The DataLoader only yields step numbers; `on_after_batch_transfer` (which runs on the device) turns each one
 into a batch by indexing the resident transitions with a per-rank seeded generator. So no transition crosses
-the host-device boundary after the first copy, and the sampler's state is part of every checkpoint.
+the host-device boundary after the first copy, and the sampler's state is part of every checkpoint, as is the
+loader's position in the epoch (a resumed epoch runs only its remaining steps).
 """
 
 from __future__ import annotations
@@ -30,16 +31,38 @@ def window_starts(episode_last: torch.Tensor, window: int, end: int | None = Non
 
 
 class StepCounter(IterableDataset):
-    """`length` placeholders per epoch: the real batch is drawn on the device."""
+    """`length` placeholders per epoch (the real batch is drawn on the device). `position` is how many steps of the
+    current epoch were trained on; an epoch started from a restored position yields only the steps left."""
 
     def __init__(self, length: int):
         self.length = length
+        self.position = 0
 
     def __iter__(self):
-        return iter(range(self.length))
+        if self.position >= self.length:  # the last epoch ran to its end: a new one starts
+            self.position = 0
+        return iter(range(self.position, self.length))
 
     def __len__(self) -> int:
         return self.length
+
+
+class StepLoader(DataLoader):
+    """The loader of a StepCounter, resumable by Lightning (state_dict / load_state_dict: the epoch position).
+
+    It has a generator of its own: each new iterator draws a seed from it, and a draw from the global RNG would
+    shift every later random number of an algorithm by one at each epoch start, so that a run resumed from an
+    end-of-epoch checkpoint (which skips the pending validation and its loader) would draw differently.
+    """
+
+    def __init__(self, steps: StepCounter):
+        super().__init__(steps, batch_size=None, generator=torch.Generator())
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.dataset.position}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.dataset.position = int(state_dict["position"])
 
 
 class TransitionDataModule(L.LightningDataModule):
@@ -81,6 +104,7 @@ class TransitionDataModule(L.LightningDataModule):
         self.info: DatasetInfo | None = None
         self.generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None  # restored before the device is known
+        self.train_steps: StepCounter | None = None  # the training loader's epoch position
 
     # -- loading -----------------------------------------------------------------------------------------
 
@@ -112,11 +136,12 @@ class TransitionDataModule(L.LightningDataModule):
     # -- sampling ----------------------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(StepCounter(self.steps_per_epoch // self.updates_per_step), batch_size=None)
+        self.train_steps = StepCounter(self.steps_per_epoch // self.updates_per_step)
+        return StepLoader(self.train_steps)
 
     def val_dataloader(self) -> DataLoader:
         # Evaluation is environment roll-outs (EvaluationCallback); the loop needs one placeholder batch.
-        return DataLoader(StepCounter(1), batch_size=None)
+        return StepLoader(StepCounter(1))
 
     test_dataloader = val_dataloader
 
@@ -136,6 +161,8 @@ class TransitionDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and not self.trainer.training:
             return batch
+        if isinstance(batch, int) and self.train_steps is not None:
+            self.train_steps.position = batch + 1  # this step of the epoch is being trained on
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self._device_setup(device)
         if self.updates_per_step == 1:
