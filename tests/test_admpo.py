@@ -500,6 +500,8 @@ def test_configs_build_with_the_papers_settings(algorithm):
         half = algorithm == "admpo_off" and path.stem in OFFICIAL_HALF_REAL  # MOPO: 0.05 on every dataset
         assert (data["batch_size"], hp.model_rows) == ((128, 128) if half else (12, 244))
         assert (hp.rollout_every, hp.rollout_batch_size, hp.retain_rounds) == (1000, 50000, 5)
+        # The actor's cosine is the full budget's, also when a benchmark runs fewer updates.
+        assert hp.actor_cosine_steps == config["trainer"]["max_steps"]
         if algorithm == "admpo_off":
             assert (hp.max_window, hp.rollout_horizon, hp.penalty_coef) == OFFICIAL_M_H_BETA[path.stem]
             assert hp.penalty_form == "official"
@@ -508,6 +510,7 @@ def test_configs_build_with_the_papers_settings(algorithm):
             assert hp.model_hidden_dim == (400 if path.stem == "halfcheetah-medium-expert" else 200)
             assert config["trainer"]["max_steps"] == (3_000_000 if path.stem.endswith("random") else 5_000_000)
         else:
+            assert config["trainer"]["max_steps"] == 3_000_000  # OfflineRL-Kit's 3000 epochs x 1000
             assert hp.dynamics == "ensemble" and (hp.ensemble_members, hp.ensemble_elites) == (7, 5)
             assert (hp.rollout_horizon, hp.penalty_coef) == MOPO_H_LAMBDA[path.stem]
             assert list(hp.ensemble_weight_decay) == [2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4] and hp.model_patience == 5
