@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import shutil
 import sys
@@ -257,6 +258,26 @@ def user_error(err: BaseException) -> OffrlError | None:
     return None
 
 
+def path_fault(err: BaseException) -> str | None:
+    """One sentence for a fault of the machine on a path offrl reads or writes (read-only or full folder, a file
+    where a folder should be, a missing file), or None when `err` is not one."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.filename is not None and err.errno is not None:
+            fix = {
+                errno.ENOSPC: "free disk space there",
+                errno.EACCES: "make it writable or point offrl elsewhere",
+                errno.EROFS: "point offrl at a writable folder",
+                errno.ENOTDIR: "a file stands where a folder should be: move it",
+                errno.EEXIST: "a file stands where a folder should be: move it",
+                errno.ENOENT: "check the path",
+            }.get(err.errno, "check the path and the disk")
+            return f"cannot use {err.filename} ({err.strerror}); {fix}, then run the command again"
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -265,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             run_lightning(argv)
     except Exception as err:
-        found = user_error(err)
+        found = user_error(err) or path_fault(err)
         if found is None:
             raise
         print(f"offrl: error: {found}", file=sys.stderr)

@@ -141,3 +141,93 @@ def test_a_generation_killed_halfway_leaves_nothing_and_the_next_run_regenerates
     transitions, info = registry.load(dataset_id, generate_steps=None)
     assert transitions.batch_size[0] == 300 and info.is_goal_conditioned
     assert not list(store.glob(".offrl-tmp-*"))  # the dead write's folder is gone
+
+
+def store_listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_faults_on_paths_and_bad_values_are_one_sentence_and_lose_nothing(dataset, in_tmp_dir, monkeypatch, capsys):
+    """Table-driven: each case's exact sentence, exit 1, no traceback, and the store as it was."""
+    store = Path(os.environ["MINARI_DATASETS_PATH"])
+    hdf5 = in_tmp_dir / "d4rl.hdf5"
+    with h5py.File(hdf5, "w") as f:
+        f["observations"] = np.zeros((20, 11), np.float32)
+        f["actions"] = np.zeros((20, 3), np.float32)
+        f["rewards"] = np.zeros(20)
+        f["terminals"] = np.zeros(20, bool)
+        f["timeouts"] = np.arange(20) % 10 == 9
+    path = str(config(in_tmp_dir / "bc.yaml", dataset))
+    goal_bc = str(config(in_tmp_dir / "goal.yaml", dataset, data={"class_path": "offrl.data.datamodules.HindsightDataModule"}))
+    (in_tmp_dir / "blocked").write_text("a file where a folder should be")
+    cases = [
+        (("data", "import-d4rl", str(hdf5), "--id", "bad id", "--env", "Hopper-v5"),
+         "dataset id 'bad id' is not a Minari id; use namespace/name-vN, e.g. local/hopper/medium-v0"),
+        (("data", "import-d4rl", str(hdf5), "--id", "local/no-version", "--env", "Hopper-v5"),
+         "dataset id 'local/no-version' is not a Minari id; use namespace/name-vN, e.g. local/hopper/medium-v0"),
+        (("data", "import-d4rl", str(hdf5), "--id", dataset, "--env", "Hopper-v5"),
+         f"dataset {dataset} already exists at {store / dataset}; delete that folder to regenerate it"),
+        (("fit", "--config", path, "--evaluation.num_envs", "0"),
+         "evaluation.num_envs must be a positive integer, got 0; set trainer.limit_val_batches 0 to train without evaluating"),
+        (("fit", "--config", goal_bc),
+         f"data HindsightDataModule trains goal-conditioned policies, but {dataset} has no goals (no achieved_goal / "
+         "desired_goal); use offrl.data.datamodules.TransitionDataModule for a reward dataset"),
+        (("fit", "--config", path, "--trainer.default_root_dir", "blocked", "--trainer.logger", "false"),
+         f"cannot use {in_tmp_dir / 'blocked'} (File exists); a file stands where a folder should be: move it, then run the command again"),
+    ]
+    before = store_listing(store)
+    for args, sentence in cases:
+        assert offrl(*args) == 1, args
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, err[-2000:]
+        lines = [line for line in err.splitlines() if line.startswith("offrl: error:")]
+        assert len(lines) == 1 and lines[0].startswith(f"offrl: error: {sentence}"), (args, lines)
+    assert store_listing(store) == before
+    assert not list(in_tmp_dir.glob("logs/*/*/version_*"))  # every start failed before its first update
+
+
+def test_logs_folder_blocked_by_a_file_is_one_sentence(dataset, in_tmp_dir, capsys):
+    (in_tmp_dir / "logs").write_text("not a folder")
+    message = refused(capsys, "fit", "--config", str(config(in_tmp_dir / "bc.yaml", dataset)))
+    assert message == (
+        f"offrl: error: cannot use {in_tmp_dir / 'logs' / 'bc'} (Not a directory); a file stands where a folder should be: "
+        "move it, then run the command again"
+    )
+    assert (in_tmp_dir / "logs").read_text() == "not a folder"
+
+
+def test_a_damaged_dataset_in_the_store_is_named_with_the_fix(in_tmp_dir, capsys):
+    write_synthetic("test/errors/damaged-v0", [30] * 4)
+    folder = minari_io.dataset_path("test/errors/damaged-v0")
+    data = folder / "data" / "main_data.hdf5"
+    data.write_bytes(data.read_bytes()[:1000])
+    for cache in folder.rglob("stamp.json"):
+        cache.unlink()  # the cached conversion would hide the damage
+    message = refused(capsys, "fit", "--config", str(config(in_tmp_dir / "bc.yaml", "test/errors/damaged-v0")))
+    assert message.startswith(f"offrl: error: dataset test/errors/damaged-v0 at {folder} cannot be read (")
+    assert message.endswith("delete that folder and generate or download it again")
+
+
+def test_generate_checks_the_id_before_generating_and_refuses_a_second_writer(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    dataset_id = "offrl/pointmaze/umaze-v0"
+    assert offrl("data", "generate", dataset_id, "--steps", "300") == 0
+    calls = []
+    recipe = registry.RECIPES[dataset_id]
+    monkeypatch.setitem(registry.RECIPES, dataset_id, registry.Recipe(lambda **kw: calls.append(kw), recipe.default_steps))
+    message = refused(capsys, "data", "generate", dataset_id, "--steps", "300")
+    assert message == f"offrl: error: dataset {dataset_id} already exists at {minari_io.dataset_path(dataset_id)}; delete that folder to regenerate it"
+    assert not calls  # refused before generating anything
+
+    other = "offrl/pointmaze/medium-v0"
+    lock = tmp_path / "store" / ".offrl-lock-offrl--pointmaze--medium-v0"
+    lock.write_text(str(os.getppid()))  # a live process holds it
+    message = refused(capsys, "data", "generate", other, "--steps", "300")
+    assert message == (
+        f"offrl: error: dataset {other} is being generated by another offrl process (pid {os.getppid()}); wait for it "
+        f"to finish (or delete {lock} if no such process runs)"
+    )
+    assert not minari_io.dataset_path(other).exists()
+    lock.write_text("999999999")  # its process is gone: the lock is taken over
+    assert offrl("data", "generate", other, "--steps", "300") == 0
+    assert minari_io.dataset_path(other).exists() and not lock.exists()

@@ -13,6 +13,7 @@ import torch
 from offrl.callbacks.test_time import improved_act
 from offrl.envs.evaluation import evaluate
 from offrl.envs.factory import make_eval_env
+from offrl.errors import OffrlError
 
 
 class EvaluationCallback(L.Callback):
@@ -28,6 +29,9 @@ class EvaluationCallback(L.Callback):
             parallel: step each env in its own process (ParallelEnv) instead of one after the other in this one;
                 only for slow envs on free cores (benchmarks/eval_throughput.py).
         """
+        for name, value in (("num_episodes", num_episodes), ("num_envs", num_envs)):
+            if value < 1:
+                raise OffrlError(f"evaluation.{name} must be a positive integer, got {value}; set trainer.limit_val_batches 0 to train without evaluating")
         self.num_episodes = num_episodes
         self.num_envs = min(num_envs, num_episodes)
         self.seed = seed

@@ -188,6 +188,7 @@ def import_d4rl(
     `max_episode_steps` (default: the registered limit); a dense AdroitHand* env gets D4RL's reward and episode
     length (pen 100 steps, the others 200) unless `d4rl_rules` is False, so scores compare with D4RL's tables.
     """
+    minari_io.check_new_id(dataset_id)  # before the conversion, which can take minutes
     steps = parse_max_episode_steps(max_episode_steps)
     kwargs = parse_env_kwargs(env_kwargs) if not isinstance(env_kwargs, dict) else env_kwargs
     spec = eval_env_spec(env_id, steps, kwargs, d4rl_rules)

@@ -232,6 +232,14 @@ class HindsightDataModule(TransitionDataModule):
     def goal_key(self) -> tuple[str, str]:
         return ("next", "achieved_goal") if "achieved_goal" in self.transitions.keys() else ("next", "observation")
 
+    def prepare_transitions(self, transitions: TensorDict) -> None:
+        # A goal-conditioned policy needs the evaluation env's goal: refused at setup, not at the first evaluation.
+        if "desired_goal" not in transitions.keys():
+            raise OffrlError(
+                f"data {type(self).__name__} trains goal-conditioned policies, but {self.dataset_id} has no goals "
+                "(no achieved_goal / desired_goal); use offrl.data.datamodules.TransitionDataModule for a reward dataset"
+            )
+
     def sample_goal_indices(self, indices: torch.Tensor, num_transitions: int | None = None) -> torch.Tensor:
         """For each transition index, the index whose next state is its goal (random goals from the first
         `num_transitions` transitions when given)."""

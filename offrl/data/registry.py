@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -88,7 +87,7 @@ def _recipes() -> dict[str, Recipe]:
 
 
 RECIPES = _recipes()
-ID_PATTERN = re.compile(r"^[\w.-]+(/[\w.-]+)*-v\d+$")
+ID_PATTERN = minari_io.ID_PATTERN
 
 
 def local_ids() -> list[str]:
@@ -118,11 +117,13 @@ def generate(dataset_id: str, steps: int | None = None, episodes: int | None = N
             raise OffrlError(f"--{name} must be a positive number, got {value}")
     if steps is None and episodes is None:
         steps, episodes = found.default_steps, found.default_episodes
+    minari_io.check_new_id(dataset_id)  # before minutes or hours of generation, not after
     total = steps if steps is not None else None
-    with tqdm(total=total, desc=f"generating {dataset_id}", unit="step", dynamic_ncols=True) as bar:
-        progress: Progress = bar.update
-        generated = found.generate(steps=steps, episodes=episodes, seed=seed, progress=progress)
-    minari_io.write_dataset(dataset_id, generated)
+    with minari_io.generation_lock(dataset_id):
+        with tqdm(total=total, desc=f"generating {dataset_id}", unit="step", dynamic_ncols=True) as bar:
+            progress: Progress = bar.update
+            generated = found.generate(steps=steps, episodes=episodes, seed=seed, progress=progress)
+        minari_io.write_dataset(dataset_id, generated)
 
 
 def load(
@@ -144,5 +145,10 @@ def load(
             if close and dataset_id not in PUBLIC_IDS:
                 raise OffrlError(f"{err}; did you mean {', '.join(close)}?") from None
             raise
-    transitions = minari_io.cached_transitions(dataset)
-    return transitions, minari_io.dataset_info(dataset, transitions)
+    try:
+        transitions = minari_io.cached_transitions(dataset)
+        return transitions, minari_io.dataset_info(dataset, transitions)
+    except OffrlError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as err:  # a damaged HDF5 file or metadata in the store
+        raise minari_io.unreadable(dataset_id, err) from None
