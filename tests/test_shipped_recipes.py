@@ -122,3 +122,10 @@ def test_td3bc_actor_follows_the_first_critic_only(dataset, in_tmp_dir):
         for parameter in model.critic.parameters():
             parameter[1].mul_(-3.0)  # the second twin only (ensemble members are the leading dimension)
     assert torch.equal(model.actor_loss(obs, goal, batch["action"]), before)
+
+
+def test_every_shipped_config_cites_its_source_and_nothing_is_recalled():
+    for path in sorted(CONFIGS.glob("*/*.yaml")):
+        header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+        assert any(line.startswith("# Source: ") for line in header), path
+        assert "recalled" not in path.read_text(), path
