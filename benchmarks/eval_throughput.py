@@ -19,7 +19,7 @@ import time
 import gymnasium as gym
 import torch
 
-from offrl.data.minari_io import DatasetInfo
+from offrl.dataset_info import DatasetInfo
 from offrl.envs.evaluation import evaluate
 from offrl.envs.factory import _register_robotics_envs, make_eval_env
 from offrl.nn.mlp import mlp

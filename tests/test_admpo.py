@@ -22,7 +22,7 @@ from offrl.data.datamodules import window_starts
 from offrl.envs.termination import hopper_terminated, termination_fn, walker2d_terminated
 from offrl.errors import OffrlError
 from offrl.nn.dynamics import AnyStepDynamics, EnsembleDynamics
-from offrl.objectives.dynamics import any_step_penalty, dynamics_nll, ensemble_penalty
+from offrl.objectives.dynamics import any_step_penalty, dynamics_nll, ensemble_penalty, layer_weight_decay
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -255,7 +255,7 @@ def test_ensemble_weight_decay_is_tensorflows_per_layer_l2_and_shrinks_the_train
     model = EnsembleDynamics(4, 2, hidden_dims=(8,), num_members=3, num_elites=2, weight_decay=[0.1, 0.2])
     first, last = model.net[0].weight, model.net[2].weight
     expected = 0.1 * first.square().sum() / 2 + 0.2 * last.square().sum() / 2
-    assert torch.allclose(model.weight_penalty(), expected)
+    assert torch.allclose(layer_weight_decay(model.decayed_weights(), model.weight_decay), expected)
 
     transitions, _, _ = linear_system(episodes=10)
     norms = {}

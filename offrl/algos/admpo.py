@@ -31,11 +31,11 @@ from tqdm.auto import tqdm
 from offrl.algos.base import OfflineAlgorithm, check_td_settings
 from offrl.algos.sac import SACAgent, SACUpdates
 from offrl.data.datamodules import window_starts
-from offrl.data.minari_io import DatasetInfo
+from offrl.dataset_info import DatasetInfo
 from offrl.envs.termination import TerminationFn, termination_fn
 from offrl.errors import OffrlError
 from offrl.nn.dynamics import AnyStepDynamics, EnsembleDynamics
-from offrl.objectives.dynamics import PENALTY_FORMS, any_step_penalty, dynamics_nll, ensemble_penalty
+from offrl.objectives.dynamics import PENALTY_FORMS, any_step_penalty, dynamics_nll, ensemble_penalty, layer_weight_decay
 
 DYNAMICS_KINDS = ("any_step", "ensemble")
 SAC_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"), ("next", "terminated"))
@@ -144,8 +144,8 @@ def pretrain_dynamics(
             start_obs, actions, target = window_targets(transitions, first, k)
             mean, logvar = predict_window(model, start_obs, actions)
             loss = dynamics_nll(mean, logvar, target, model.bounds.min_logvar, model.bounds.max_logvar)
-            if ensemble:
-                loss = loss + model.weight_penalty()
+            if ensemble and model.weight_decay:
+                loss = loss + layer_weight_decay(model.decayed_weights(), model.weight_decay)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

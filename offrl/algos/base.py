@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from tensordict import TensorDict
 
-from offrl.data.minari_io import DatasetInfo
+from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 
 UpdateFn = Callable[[TensorDict], dict[str, torch.Tensor]]

@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDict
 
 from offrl.algos.base import OfflineAlgorithm
-from offrl.data.minari_io import DatasetInfo
+from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 from offrl.nn.mlp import GaussianMLP, Normalizer, mlp
 from offrl.objectives.bc import gaussian_nll, mse

@@ -25,7 +25,7 @@ from tensordict import TensorDict
 
 from offrl.algos.base import OfflineAlgorithm
 from offrl.data.datamodules import SkipStepDataModule
-from offrl.data.minari_io import DatasetInfo
+from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 from offrl.nn.init import orthogonal_init_
 from offrl.nn.mlp import GaussianMLP, Normalizer

@@ -15,11 +15,10 @@ from tensordict import TensorDict
 from torch import nn
 
 from offrl.algos.base import OfflineAlgorithm, check_td_settings
-from offrl.algos.value_policy import frozen
-from offrl.data.minari_io import DatasetInfo
+from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 from offrl.nn.ensemble import ensemble_mlp
-from offrl.nn.mlp import GaussianMLP
+from offrl.nn.mlp import GaussianMLP, frozen
 from offrl.objectives.sac import sac_actor_loss, sac_critic_loss, sac_temperature_loss
 from offrl.objectives.value import polyak_update
 

@@ -33,21 +33,20 @@ learning rate (`actor_cosine_steps`).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict
 from torch import nn
 
 from offrl.algos.base import OfflineAlgorithm, check_td_settings, cosine_decay
-from offrl.data.minari_io import DatasetInfo
+from offrl.dataset_info import DatasetInfo
 from offrl.data.returns import return_range_factor
 from offrl.errors import OffrlError
 from offrl.nn.ensemble import ensemble_mlp
-from offrl.nn.mlp import GaussianMLP, Normalizer, mlp
+from offrl.nn.mlp import GaussianMLP, Normalizer, frozen, joined, mlp
 from offrl.objectives.bc import gaussian_nll, mse
 from offrl.objectives.extraction import awr_loss, ddpgbc_loss, sfbc_select
 from offrl.objectives.value import (
@@ -82,21 +81,6 @@ class ContrastiveCritic(nn.Module):
     def forward(self, x: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         """Matched-pair values [E, B]."""
         return contrastive_critic_value(*self.representations(x, goal))
-
-
-def joined(*parts: torch.Tensor | None) -> torch.Tensor:
-    """Concatenate the present parts on the feature dimension (the goal is None on reward tasks)."""
-    return torch.cat([part for part in parts if part is not None], -1)
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Gradients flow through the module to its inputs but not into its parameters."""
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        module.requires_grad_(True)
 
 
 def next_actions(transitions: TensorDict) -> torch.Tensor:

@@ -25,10 +25,11 @@ from collections.abc import Iterator
 import lightning as L
 import torch
 
-from offrl.algos.value_policy import ValuePolicy, frozen, joined
+from offrl.algos.value_policy import ValuePolicy
 from offrl.envs.evaluation import ActFn
 from offrl.errors import OffrlError
 from offrl.objectives.bc import mse
+from offrl.nn.mlp import frozen, joined
 from offrl.objectives.extraction import ddpgbc_loss, opex_step
 
 

@@ -15,7 +15,7 @@ from minari.data_collector import EpisodeBuffer
 from offrl.data import minari_io
 from offrl.data.generators import GeneratedDataset
 from offrl.envs import d4rl_adroit
-from offrl.envs.scores import reference_scores
+from offrl.dataset_info import reference_scores
 from offrl.errors import OffrlError
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")

@@ -16,7 +16,6 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 
@@ -29,7 +28,7 @@ from gymnasium.envs.registration import EnvSpec
 from tensordict import TensorDict
 
 from offrl.data.generators import GeneratedDataset
-from offrl.envs.scores import reference_scores
+from offrl.dataset_info import DatasetInfo, reference_scores
 from offrl.errors import OffrlError
 from offrl.paths import datasets_root
 
@@ -44,34 +43,6 @@ class EpisodeArrays(NamedTuple):
     rewards: np.ndarray
     terminations: np.ndarray
     truncations: np.ndarray
-
-
-@dataclass
-class DatasetInfo:
-    """What training and evaluation need to know about a dataset besides its transitions."""
-
-    dataset_id: str
-    observation_dim: int
-    action_dim: int
-    goal_dim: int  # 0 for reward tasks
-    action_low: list[float]
-    action_high: list[float]
-    env_spec: EnvSpec | None  # None when the dataset recorded no environment
-    eval_env_spec: EnvSpec | None
-    ref_min_score: float | None
-    ref_max_score: float | None
-    num_episodes: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_goal_conditioned(self) -> bool:
-        return self.goal_dim > 0
-
-    def normalized_score(self, episode_return: torch.Tensor) -> torch.Tensor | None:
-        """D4RL convention: 100 * (R - min) / (max - min); None when the dataset has no reference scores."""
-        if self.ref_min_score is None or self.ref_max_score is None:
-            return None
-        return 100.0 * (episode_return - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
 
 
 @contextlib.contextmanager

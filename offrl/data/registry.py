@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from offrl.data import minari_io
 from offrl.data.generators import GeneratedDataset, Progress
-from offrl.data.minari_io import DatasetInfo
+from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 
 MUJOCO_ENVS = ("hopper", "halfcheetah", "walker2d")

@@ -15,8 +15,8 @@ import torch
 from tensordict import TensorDict
 
 from offrl.data.datamodules import TransitionDataModule
-from offrl.data.minari_io import DatasetInfo
-from offrl.envs.scores import reference_scores
+from offrl.dataset_info import DatasetInfo
+from offrl.dataset_info import reference_scores
 from offrl.errors import OffrlError
 
 

@@ -1,6 +1,6 @@
 """D4RL's Adroit rules on Gymnasium-Robotics' `AdroitHand{Pen,Door,Hammer,Relocate}` envs.
 
-Published Adroit scores (and the reference returns of `offrl.envs.scores`) come from D4RL's `door-v0`,
+Published Adroit scores (and the reference returns of `offrl.dataset_info`) come from D4RL's `door-v0`,
 `hammer-v0`, `pen-v0` and `relocate-v0` (d4rl/hand_manipulation_suite/*_v0.py, registered in its `__init__.py`).
 Gymnasium-Robotics 1.4.2's dense v1 envs run the same simulation but score it differently:
 

@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
-from offrl.data.minari_io import DatasetInfo
+from offrl.dataset_info import DatasetInfo
 
 # act(observation, goal | None) -> action, all float32 tensors on the policy's device.
 ActFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]

@@ -7,7 +7,7 @@ from gymnasium.envs.registration import EnvSpec
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 from torchrl.envs.libs.gym import GymWrapper
 
-from offrl.data.minari_io import DatasetInfo
+from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 
 

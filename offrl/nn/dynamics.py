@@ -15,7 +15,6 @@ from torch import nn
 
 from offrl.nn.ensemble import EnsembleLinear, ensemble_mlp
 from offrl.nn.mlp import Normalizer
-from offrl.objectives.dynamics import layer_weight_decay
 
 
 def soft_clamp(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -154,11 +153,9 @@ class EnsembleDynamics(nn.Module):
         self.obs_normalizer.fit(observations)
         self.action_normalizer.fit(actions)
 
-    def weight_penalty(self) -> torch.Tensor | float:
-        """The per-layer weight decay term of the training loss (0 without weight_decay)."""
-        if not self.weight_decay:
-            return 0.0
-        return layer_weight_decay([layer.weight for layer in self.member_layers()], self.weight_decay)
+    def decayed_weights(self) -> list[torch.Tensor]:
+        """The weights the training loss's per-layer decay applies to (objectives.dynamics.layer_weight_decay)."""
+        return [layer.weight for layer in self.member_layers()]
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [B, obs] or [E, B, obs] (one batch per member) -> mean, log-variance [E, B, obs + 1]."""

@@ -1,8 +1,10 @@
-"""Multi-layer perceptrons and the Gaussian policy head the algorithms share."""
+"""Multi-layer perceptrons and the Gaussian policy head the algorithms share, and how their inputs are joined and
+their parameters frozen."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -68,3 +70,18 @@ class Normalizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+def joined(*parts: torch.Tensor | None) -> torch.Tensor:
+    """Concatenate the present parts on the feature dimension (the goal is None on reward tasks)."""
+    return torch.cat([part for part in parts if part is not None], -1)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Gradients flow through the module to its inputs but not into its parameters."""
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        module.requires_grad_(True)

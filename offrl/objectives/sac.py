@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from offrl.objectives.value import _regression, td_target
+from offrl.objectives.value import q_regression_loss, td_target
 
 
 def sac_critic_loss(
@@ -25,7 +25,7 @@ def sac_critic_loss(
     q: [E, B]; next_q: target critics at (s', a') [E, B]; reward, terminated, next_log_prob: [B]. y is detached.
     """
     soft_next_value = next_q.min(0).values - alpha * next_log_prob
-    return _regression(q, td_target(reward, discount, terminated, soft_next_value))
+    return q_regression_loss(q, td_target(reward, discount, terminated, soft_next_value))
 
 
 def sac_actor_loss(q_pi: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

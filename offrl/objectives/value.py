@@ -38,7 +38,7 @@ def _min_over_ensemble(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return values.min(0).values if values.dim() == like.dim() + 1 else values
 
 
-def _regression(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def q_regression_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     # Mean over the batch, summed over stacked critics: OGBench's ((q1 - y)^2 + (q2 - y)^2).mean().
     return ((q - target) ** 2).mean(-1).sum()
 
@@ -64,7 +64,7 @@ def iql_q_loss(
 
     q: Q(s, a) [B] or stacked [E, B]; reward, terminated, v_next: [B]. The target is detached.
     """
-    return _regression(q, td_target(reward, discount, terminated, v_next))
+    return q_regression_loss(q, td_target(reward, discount, terminated, v_next))
 
 
 def sarsa_q_loss(
@@ -80,7 +80,7 @@ def sarsa_q_loss(
     τ = 0.5). q: [B] or [E, B]; q_next_target: target-critic Q(s', a') [B] or [E, B] (then min over critics).
     """
     next_value = _min_over_ensemble(q_next_target, reward)
-    return _regression(q, td_target(reward, discount, terminated, next_value))
+    return q_regression_loss(q, td_target(reward, discount, terminated, next_value))
 
 
 def smoothed_target_action(

@@ -20,7 +20,7 @@ import numpy as np
 from offrl.data.generators import GeneratedDataset, Progress, collect_episodes, return_summary
 from offrl.data.policies.dapg import load_dapg_policy
 from offrl.envs import d4rl_adroit
-from offrl.envs.scores import D4RL_REFERENCE_SCORES
+from offrl.dataset_info import D4RL_REFERENCE_SCORES
 from offrl.errors import OffrlError
 from offrl.paths import policies_dir
 

@@ -15,7 +15,7 @@ from offrl.data.generators import GeneratedDataset, Progress, collect_episodes, 
 from offrl.data.policies.d4rl import load_d4rl_policy
 from offrl.data.policies.rl_zoo import load_rl_zoo_policy
 from offrl.data.policies.tanh_gaussian import TanhGaussianPolicy
-from offrl.envs.scores import D4RL_REFERENCE_SCORES
+from offrl.dataset_info import D4RL_REFERENCE_SCORES
 from offrl.errors import OffrlError
 from offrl.paths import policies_dir
 

@@ -32,7 +32,7 @@ from gymnasium_robotics.envs.maze.maze_v4 import Maze
 from minari.data_collector import EpisodeBuffer
 
 from offrl.data.generators import GeneratedDataset, Progress
-from offrl.envs.scores import reference_scores
+from offrl.dataset_info import reference_scores
 
 gym.register_envs(gymnasium_robotics)
 

@@ -1,4 +1,14 @@
-"""D4RL reference returns for normalised scores: 100 * (R - min) / (max - min)."""
+"""What training and evaluation know about a dataset besides its transitions (`DatasetInfo`), and the D4RL
+reference returns its normalised scores use: 100 * (R - min) / (max - min). A leaf: data, envs, algos and callbacks
+all read it, and it imports none of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from gymnasium.envs.registration import EnvSpec
 
 # (min, max) by task, from D4RL (see DESIGN.md's table).
 D4RL_REFERENCE_SCORES: dict[str, tuple[float, float]] = {
@@ -43,3 +53,31 @@ def reference_scores(env_id: str | None) -> tuple[float | None, float | None]:
         return None, None
     task = ENV_TASKS.get(env_id.split("/")[-1].rsplit("-v", 1)[0])
     return D4RL_REFERENCE_SCORES.get(task, (None, None))
+
+
+@dataclass
+class DatasetInfo:
+    """What training and evaluation need to know about a dataset besides its transitions."""
+
+    dataset_id: str
+    observation_dim: int
+    action_dim: int
+    goal_dim: int  # 0 for reward tasks
+    action_low: list[float]
+    action_high: list[float]
+    env_spec: EnvSpec | None  # None when the dataset recorded no environment
+    eval_env_spec: EnvSpec | None
+    ref_min_score: float | None
+    ref_max_score: float | None
+    num_episodes: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_goal_conditioned(self) -> bool:
+        return self.goal_dim > 0
+
+    def normalized_score(self, episode_return: torch.Tensor) -> torch.Tensor | None:
+        """D4RL convention: 100 * (R - min) / (max - min); None when the dataset has no reference scores."""
+        if self.ref_min_score is None or self.ref_max_score is None:
+            return None
+        return 100.0 * (episode_return - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
