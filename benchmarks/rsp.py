@@ -5,7 +5,8 @@ paper's training-time claim, as JSON on the last stdout line.
     python benchmarks/rsp.py --mode paper-time --device cuda   # RSP's full recipe on pointmaze-large
 
 compare (default): every algorithm's repo config (configs/{rsp,bc,iql_ddpgbc}/pointmaze-umaze.yaml, pointed at
-`--dataset`, with its `performance` section) trains for `--budget-seconds` each, per seed; `--hidden`/`--batch-size` override
+`--dataset`, with its `performance` section; on MuJoCo `--algorithms rsp_mujoco bc_mujoco iql_mujoco` with
+configs/{rsp,bc,iql}/hopper-medium.yaml) trains for `--budget-seconds` each, per seed; `--hidden`/`--batch-size` override
 every config alike for a CPU budget. BC and IQL stop at the budget (constant lr). The budget is CPU time of
 this process on CPU (one torch thread; fair on a shared machine), wall-clock on CUDA. RSP's cosine
 schedule needs its step count up front, so a short calibration fit times one update and the stage length is set
@@ -46,6 +47,10 @@ CONFIGS = {
     "rsp_joint_noise0": ("rsp/pointmaze-umaze.yaml", {"training": "joint", "noise_scale": 0.0}),
     "gcbc": ("bc/pointmaze-umaze.yaml", {}),
     "gciql_ddpgbc": ("iql_ddpgbc/pointmaze-umaze.yaml", {}),
+    # Reward tasks (the RSP paper's MuJoCo claim): pass --dataset offrl/mujoco/hopper/medium-v0.
+    "rsp_mujoco": ("rsp/hopper-medium.yaml", {"training": "stagewise"}),
+    "bc_mujoco": ("bc/hopper-medium.yaml", {}),
+    "iql_mujoco": ("iql/hopper-medium.yaml", {}),
 }
 
 
@@ -132,7 +137,7 @@ def run(name: str, args: argparse.Namespace, seed: int, budget: float | None) ->
     env.close()
     row = {
         "algorithm": name, "seed": seed, "train_seconds": round(seconds, 1), "updates": updates,
-        "success": round(metrics["eval/success"], 3), "normalized_score": round(metrics.get("eval/normalized_score", float("nan")), 1),
+        "success": round(metrics.get("eval/success", float("nan")), 3), "normalized_score": round(metrics.get("eval/normalized_score", float("nan")), 1),
     }
     print(json.dumps(row), flush=True)
     return row
