@@ -182,3 +182,22 @@ def test_shipped_offline_configs_run_ten_updates_per_step_and_their_cadences_all
         assert all(every % per_step == 0 for every in cadences if every), path
         checked += 1
     assert checked >= 45
+
+
+def test_evaluation_parallel_setting_reaches_the_env_built_for_fit():
+    from torchrl.envs import ParallelEnv, SerialEnv
+
+    from offrl.callbacks.evaluation import EvaluationCallback
+    from offrl.data import registry
+
+    _, info = registry.load(MAZE)
+
+    class FitTrainer:  # what on_fit_start reads
+        is_global_zero, limit_val_batches = True, 1
+        datamodule = type("Data", (), {"info": info})()
+
+    for parallel, kind in ((False, SerialEnv), (True, ParallelEnv)):
+        callback = EvaluationCallback(num_episodes=2, num_envs=2, parallel=parallel)
+        callback.on_fit_start(FitTrainer(), None)
+        assert isinstance(callback.env, kind)
+        callback.env.close()

@@ -83,7 +83,7 @@ class EvaluationCallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Build the env before the first update: a dataset that cannot be evaluated fails now, not an epoch later.
         if trainer.is_global_zero and trainer.limit_val_batches != 0 and self.env is None:
-            self.env = make_eval_env(trainer.datamodule.info, self.num_envs, self.seed)
+            self.env = make_eval_env(trainer.datamodule.info, self.num_envs, self.seed, self.parallel)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._run(trainer, pl_module)
