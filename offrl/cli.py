@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from offrl.algos.base import OfflineAlgorithm
 from offrl.callbacks.evaluation import EvaluationCallback
 from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
+from offrl.callbacks.report import RunReport
 from offrl.callbacks.throughput import UpdateLoop, UpdateThroughput
 from offrl.checkpoints import AtomicCheckpointIO, newest_readable, read_checkpoint
 from offrl.data.datamodules import TransitionDataModule
@@ -177,7 +178,7 @@ def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [StopCheckpoint()]},
+        trainer_defaults={"callbacks": [StopCheckpoint(), RunReport()]},
         args=args,
         run=run,
         auto_configure_optimizers=False,

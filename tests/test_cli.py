@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,6 +60,14 @@ def test_fit_writes_events_config_and_checkpoints_then_test_reads_them(dataset, 
     metrics = scalars(run_dir)
     assert {"train/bc_loss", "eval/return", "eval/normalized_score", "perf/action_latency_ms"} <= set(metrics)
     assert len(metrics["eval/return"]) == 2  # one evaluation per epoch of 20 updates
+    # The console tells the run without TensorBoard: each evaluation, then a summary (also in summary.json).
+    evaluations = [line for line in result.stdout.splitlines() if line.startswith("offrl: update ")]
+    assert [line.split(":")[1] for line in evaluations] == [" update 20", " update 40"]
+    assert all("normalized_score" in line and "return" in line for line in evaluations)
+    assert "offrl: trained 40 updates in" in result.stdout and "offrl: eval/normalized_score: last" in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["updates"] == 40 and [row["update"] for row in summary["evaluations"]] == [20, 40]
+    assert summary["last"]["eval/normalized_score"] == pytest.approx(metrics["eval/normalized_score"][-1])
 
     result = offrl(
         "test", "--config", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), cwd=tmp_path
