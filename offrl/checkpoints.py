@@ -41,16 +41,17 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, map_location: Any = None, mmap: bool = False) -> dict[str, Any]:
     """The checkpoint at `path`, or one sentence on why it cannot be used. Loaded with weights_only=True:
-    offrl's checkpoints hold tensors and plain values only."""
+    offrl's checkpoints hold tensors and plain values only; `mmap` maps the tensors instead of reading them (for
+    a look at the metadata)."""
     path = Path(path)
     if not path.is_file():
         raise OffrlError(f"checkpoint {path} does not exist; give a .ckpt file or 'last'")
     problem = checkpoint_problem(path)
     if problem is None:
         try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
             problem = f"it does not load as an offrl checkpoint ({type(err).__name__})"
         else:

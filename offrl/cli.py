@@ -125,13 +125,13 @@ class OffrlCLI(LightningCLI):
             path = Path(ckpt_path)
         self.start_step = 0
         if ckpt_path is not None:
-            checkpoint = read_checkpoint(path, map_location="cpu")
+            checkpoint = read_checkpoint(path, map_location="cpu", mmap=True)  # only its metadata is read here
             mismatch = checkpoint_mismatch(checkpoint, path, self.model, self.datamodule.dataset_id, self.subcommand == "fit")
             if mismatch:
                 raise OffrlError(mismatch)
             self.start_step = int(checkpoint.get("global_step", 0))
             del checkpoint
-        self.fresh_run_dir = None
+        self.fresh_run_dir = self.extra_config_file = None
         if config["trainer"].get("logger") in (None, True):
             self.trainer.logger = TensorBoardLogger(LOG_ROOT, name=run_name, version=version, default_hp_metric=False)
             run_dir = Path(self.trainer.logger.log_dir)
@@ -161,12 +161,11 @@ class OffrlCLI(LightningCLI):
         """A start that failed before its first update leaves nothing behind: no new version folder, no config."""
         if self.trainer.global_step > self.start_step:
             return
-        fresh = getattr(self, "fresh_run_dir", None)
+        fresh = self.fresh_run_dir
         if fresh is not None and fresh.is_dir() and not any(fresh.rglob("*.ckpt")):
             shutil.rmtree(fresh, ignore_errors=True)
-        extra = getattr(self, "extra_config_file", None)
-        if extra is not None:
-            extra.unlink(missing_ok=True)
+        if self.extra_config_file is not None:
+            self.extra_config_file.unlink(missing_ok=True)
 
 
 def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:

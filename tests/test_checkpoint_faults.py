@@ -15,8 +15,8 @@ import yaml
 
 from conftest import write_synthetic
 from test_resume import assert_same_training_state, final_state, fit, run_dirs, write_config
+from test_errors import offrl as run
 from offrl import checkpoints
-from offrl.cli import main
 
 DATASET = "test/faults/hopper-v0"
 OTHER_DATASET = "test/faults/hopper-other-v0"
@@ -29,12 +29,13 @@ def dataset():
     return DATASET
 
 
-def run(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as stop:
-        return stop.code
-    return 0
+def assert_resumed_equals_unbroken(config: Path, resumed_run: Path, root: Path) -> None:
+    """An unbroken run of `config` in a folder of its own ends with the resumed run's training state."""
+    unbroken_root = root / "unbroken"
+    unbroken_root.mkdir()
+    os.chdir(unbroken_root)
+    assert fit("--config", str(config)) == 0
+    assert_same_training_state(final_state(run_dirs(unbroken_root)[0]), final_state(resumed_run))
 
 
 def error_line(capsys) -> str:
@@ -93,11 +94,7 @@ def test_ckpt_path_last_falls_back_to_the_newest_readable_checkpoint(dataset, in
     periodic = run_dir / "checkpoints" / "epoch=1-step=50.ckpt"
     assert f"offrl: {last.relative_to(in_tmp_dir)} is damaged (it is not a torch checkpoint archive" in err.replace(str(in_tmp_dir) + "/", "")
     assert f"resuming from {periodic.relative_to(in_tmp_dir)} instead" in err
-    unbroken_root = in_tmp_dir / "unbroken"
-    unbroken_root.mkdir()
-    os.chdir(unbroken_root)
-    assert fit("--config", str(resume)) == 0
-    assert_same_training_state(final_state(run_dirs(unbroken_root)[0]), final_state(run_dir))
+    assert_resumed_equals_unbroken(resume, run_dir, in_tmp_dir)
 
 
 def test_an_interrupted_checkpoint_write_keeps_the_last_one_and_the_run_resumes_exactly(dataset, in_tmp_dir, monkeypatch, capsys):
@@ -123,11 +120,7 @@ def test_an_interrupted_checkpoint_write_keeps_the_last_one_and_the_run_resumes_
 
     monkeypatch.setattr(checkpoints.torch, "save", real_save)
     assert fit("--config", str(config), "--ckpt_path", "last") == 0
-    unbroken_root = in_tmp_dir / "unbroken"
-    unbroken_root.mkdir()
-    monkeypatch.chdir(unbroken_root)
-    assert fit("--config", str(config)) == 0
-    assert_same_training_state(final_state(run_dirs(unbroken_root)[0]), final_state(run_dir))
+    assert_resumed_equals_unbroken(config, run_dir, in_tmp_dir)
 
 
 def test_a_checkpoint_of_another_algorithm_dataset_or_settings_is_refused(trained, dataset, in_tmp_dir, capsys):
