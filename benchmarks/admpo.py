@@ -7,7 +7,7 @@ last evaluation's eval/normalized_score (10 episodes in full mode). Missing data
 Full mode is the configs as they are (5M updates; hours per job on a GPU). `--reduced` is a CPU smoke budget:
 small generated datasets, few updates, small roll-out batches: its numbers say the pipeline runs, not who wins.
 Between the two, `--max-steps`, `--eval-every`, `--eval-episodes`, `--rollout-batch-size`, `--rollout-every`,
-`--model-max-epochs` and `--model-updates-per-epoch` set a budget of their own (each stated in the report). The report also gives each
+`--dynamics-max-epochs` and `--dynamics-updates-per-epoch` set a budget of their own (each stated in the report). The report also gives each
 algorithm's learning curve (mean over seeds at every evaluation).
 Prints JSON as its last line; writes benchmarks/results/admpo.md.
 """
@@ -52,8 +52,8 @@ def fit_command(algorithm: str, dataset: str, seed: int, args) -> list[str]:
     if algorithm != "bc":
         settings.update({
             "model.init_args.rollout_batch_size": args.rollout_batch_size, "model.init_args.rollout_every": args.rollout_every,
-            "model.init_args.model_max_epochs": args.model_max_epochs,
-            "model.init_args.model_updates_per_epoch": args.model_updates_per_epoch,
+            "model.init_args.dynamics_max_epochs": args.dynamics_max_epochs,
+            "model.init_args.dynamics_updates_per_epoch": args.dynamics_updates_per_epoch,
         })
     for key, value in settings.items():
         if value is not None:
@@ -102,8 +102,8 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation, one env each (default: the configs')")
     parser.add_argument("--rollout-batch-size", type=int, default=None, help="model roll-out starts per round (default: the configs')")
     parser.add_argument("--rollout-every", type=int, default=None, help="updates between roll-out rounds (default: the configs')")
-    parser.add_argument("--model-max-epochs", type=int, default=None, help="cap on model pretraining epochs (default: early stopping only)")
-    parser.add_argument("--model-updates-per-epoch", type=int, default=None, help="model updates per pretraining epoch (default: a pass over the data)")
+    parser.add_argument("--dynamics-max-epochs", type=int, default=None, help="cap on model pretraining epochs (default: early stopping only)")
+    parser.add_argument("--dynamics-updates-per-epoch", type=int, default=None, help="model updates per pretraining epoch (default: a pass over the data)")
     parser.add_argument("--reduced", action="store_true", help="CPU smoke budget: 20k-step datasets, 1000 updates, 5 episodes, 1000 roll-out starts every 250, 3 model epochs of 100 updates")
     parser.add_argument("--work-dir", type=Path, default=Path("benchmark_runs/admpo"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "admpo.md")
@@ -113,7 +113,7 @@ def main() -> None:
         args.max_steps = args.max_steps or 1000
         args.eval_every, args.eval_episodes = args.eval_every or args.max_steps // 2, args.eval_episodes or 5
         args.rollout_batch_size, args.rollout_every = args.rollout_batch_size or 1000, args.rollout_every or 250
-        args.model_max_epochs, args.model_updates_per_epoch = args.model_max_epochs or 3, args.model_updates_per_epoch or 100
+        args.dynamics_max_epochs, args.dynamics_updates_per_epoch = args.dynamics_max_epochs or 3, args.dynamics_updates_per_epoch or 100
     args.work_dir = args.work_dir.resolve()
 
     for dataset in args.datasets:  # generate once, before the parallel fits read them
@@ -161,7 +161,7 @@ def budget_line(args) -> str:
     overrides = [f"{name} {value}" for name, value in (
         ("updates", args.max_steps), ("evaluation every", args.eval_every), ("episodes per evaluation", args.eval_episodes),
         ("roll-out starts", args.rollout_batch_size), ("roll-outs every", args.rollout_every),
-        ("model epochs at most", args.model_max_epochs), ("model updates per epoch", args.model_updates_per_epoch),
+        ("model epochs at most", args.dynamics_max_epochs), ("model updates per epoch", args.dynamics_updates_per_epoch),
     ) if value is not None]
     if not overrides:
         return "full budget (the configs)"

@@ -4,7 +4,7 @@ baseline).
 
 Every (algorithm, seed) is one `offrl fit` of configs/admpo_on/hopper.yaml or configs/sac/hopper.yaml in its own
 process and folder, `--jobs` at once, with trainer.max_steps set so both take `--env-steps` env steps
-(env steps = warm-up + updates / updates_per_step) and an evaluation every `--eval-every` env steps.
+(env steps = warm-up + updates / updates_per_env_step) and an evaluation every `--eval-every` env steps.
 "Speed-up" = env steps SAC's mean curve needs to first reach `--threshold-fraction` of SAC's final mean score,
 divided by the env steps ADMPO-ON's mean curve needs for the same score (None if ADMPO-ON never reaches it).
 
@@ -33,18 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ("admpo_on", "sac")
 
 
-def updates_per_step(algorithm: str, args) -> float:
+def updates_per_env_step(algorithm: str, args) -> float:
     """SAC: 1 update per env step (its config); ADMPO-ON: --admpo-utd (the config's 20 in full mode)."""
     return args.admpo_utd if algorithm == "admpo_on" else 1.0
 
 
 def fit_command(algorithm: str, seed: int, args) -> list[str]:
-    utd = updates_per_step(algorithm, args)
+    utd = updates_per_env_step(algorithm, args)
     updates = int((args.env_steps - args.warmup) * utd)
     command = [
         sys.executable, "-m", "offrl.cli", "fit", "--config", str(ROOT / "configs" / algorithm / "hopper.yaml"),
         "--seed_everything", str(seed), "--trainer.callbacks.seed", str(seed),
-        "--trainer.callbacks.warmup_steps", str(args.warmup), "--trainer.callbacks.updates_per_step", str(utd),
+        "--trainer.callbacks.warmup_steps", str(args.warmup), "--trainer.callbacks.updates_per_env_step", str(utd),
         "--trainer.max_steps", str(updates),
         "--data.steps_per_epoch", str(int(args.eval_every * utd)), "--checkpoint.every_n_train_steps", str(updates),
         "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu", "--trainer.enable_progress_bar", "false",
@@ -54,8 +54,8 @@ def fit_command(algorithm: str, seed: int, args) -> list[str]:
         command += ["--model.hidden_dims", "[64, 64]"]
         if algorithm == "admpo_on":
             command += [
-                "--model.model_hidden_dim", "64", "--model.model_gru_layers", "2", "--model.model_residual_blocks", "2",
-                "--model.model_max_epochs", "2", "--model.model_updates_per_epoch", "50", "--model.rollout_batch_size", "1000",
+                "--model.dynamics_hidden_dim", "64", "--model.dynamics_gru_layers", "2", "--model.dynamics_residual_blocks", "2",
+                "--model.dynamics_max_epochs", "2", "--model.dynamics_updates_per_epoch", "50", "--model.rollout_batch_size", "1000",
                 "--model.horizon_ramp_start", str(args.warmup), "--model.horizon_ramp_end", str(args.env_steps),
             ]
     return command
@@ -80,7 +80,7 @@ def run_one(algorithm: str, seed: int, args) -> dict:
     if result.returncode != 0:
         raise RuntimeError(f"{algorithm} seed {seed} failed:\n{result.stderr[-3000:]}")
     run_dir = folder / "logs" / algorithm / "Hopper" / "version_0"
-    curve = learning_curve(run_dir, args.warmup, updates_per_step(algorithm, args))
+    curve = learning_curve(run_dir, args.warmup, updates_per_env_step(algorithm, args))
     return {"algorithm": algorithm, "seed": seed, "curve": curve, "seconds": time.perf_counter() - start}
 
 

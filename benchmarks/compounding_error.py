@@ -32,10 +32,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from offrl.algos.admpo import pretrain_dynamics
 from offrl.data import registry
-from offrl.data.datamodules import window_starts
-from offrl.nn.dynamics import AnyStepDynamics, EnsembleDynamics
+from offrl.models.any_step import AnyStepModel
+from offrl.models.ensemble import EnsembleModel
+from offrl.models.fitting import FitSettings, fit_dynamics
+from offrl.models.windows import window_starts
 from offrl.objectives.dynamics import any_step_penalty, ensemble_penalty
 
 REPORT_HORIZONS = (1, 5, 10, 20, 50, 100)
@@ -131,16 +132,16 @@ def main() -> None:
     parser.add_argument("--max-window", type=int, default=5, help="m of ADM")
     parser.add_argument("--heldout-episodes", type=int, default=10)
     parser.add_argument("--starts", type=int, default=1000)
-    parser.add_argument("--model-max-epochs", type=int, default=None, help="default: early stopping only")
-    parser.add_argument("--model-updates-per-epoch", type=int, default=None)
+    parser.add_argument("--dynamics-max-epochs", type=int, default=None, help="default: early stopping only")
+    parser.add_argument("--dynamics-updates-per-epoch", type=int, default=None)
     parser.add_argument("--reduced", action="store_true", help="CPU budget: 30k-step dataset, 6 epochs of 100 updates, 200 starts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compounding_error.md")
     args = parser.parse_args()
     if args.reduced:
         args.generate_steps = args.generate_steps or 30000
-        args.model_max_epochs = args.model_max_epochs or 6
-        args.model_updates_per_epoch = args.model_updates_per_epoch or 100
+        args.dynamics_max_epochs = args.dynamics_max_epochs or 6
+        args.dynamics_updates_per_epoch = args.dynamics_updates_per_epoch or 100
         args.starts = min(args.starts, 200)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
@@ -150,13 +151,13 @@ def main() -> None:
     obs_dim, action_dim, m = info.observation_dim, info.action_dim, args.max_window
 
     timings = {}
-    adm = AnyStepDynamics(obs_dim, action_dim).to(device)
-    ensemble = EnsembleDynamics(obs_dim, action_dim).to(device)
-    fit = dict(max_epochs=args.model_max_epochs, updates_per_epoch=args.model_updates_per_epoch)
-    for name, model, window, lr in (("adm", adm, m, 3e-4), ("ensemble", ensemble, 1, 1e-3)):
+    adm = AnyStepModel(obs_dim, action_dim, m).to(device)
+    ensemble = EnsembleModel(obs_dim, action_dim).to(device)
+    for name, model, lr in (("adm", adm, 3e-4), ("ensemble", ensemble, 1e-3)):
         model.fit_normalizers(train["observation"], train["action"])
         start = time.perf_counter()
-        history = pretrain_dynamics(model, train, window, 256, lr, **fit)
+        settings = FitSettings(lr=lr, max_epochs=args.dynamics_max_epochs, updates_per_epoch=args.dynamics_updates_per_epoch)
+        history = fit_dynamics(model, train, settings)
         timings[name] = {"seconds": time.perf_counter() - start, "epochs": len(history), "best_holdout_mse": min(history)}
         model.eval()
 
@@ -201,12 +202,12 @@ def write_report(args, summary, results, size, starts) -> None:
         "# Compounding error and uncertainty quality (ADM vs bootstrapping RNN vs MLP ensemble)",
         "",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: {args.device}; seed {args.seed}; "
-        f"{'full budget' if args.model_max_epochs is None and args.model_updates_per_epoch is None else 'REDUCED CPU budget'}.",
+        f"{'full budget' if args.dynamics_max_epochs is None and args.dynamics_updates_per_epoch is None else 'REDUCED CPU budget'}.",
         f"- Data: `{args.dataset}`, {size} transitions (generated locally, {args.generate_steps or 'full'} steps); the last "
         f"{args.heldout_episodes} episodes are held out; {starts} start states from them.",
         f"- Models: ADM (m = {args.max_window}, 3-layer GRU 200, 4 residual blocks), the same GRU with k = 1 as the "
         "bootstrapping RNN, a 7-member (5 elites) MLP ensemble 4x200. Training: "
-        f"max epochs {args.model_max_epochs or 'early stopping (25)'}, updates/epoch {args.model_updates_per_epoch or 'N/256*m'}; "
+        f"max epochs {args.dynamics_max_epochs or 'early stopping (25)'}, updates/epoch {args.dynamics_updates_per_epoch or 'N/256*m'}; "
         f"fit times {fits}.",
         f"- Command: `python {' '.join(sys.argv)}`",
         "",

@@ -180,10 +180,10 @@ def main() -> None:
     overrides, max_steps = {}, timed
     if args.hidden_dims:
         overrides["hidden_dims"] = args.hidden_dims
-    if "model_patience" in model_args:
+    if "dynamics_patience" in model_args:
         # Model-based SAC: time the SAC updates on model + real rows. The model's pretraining is capped and the one
         # roll-out round is smaller (neither changes what an update costs) and falls in the warm-up, untimed.
-        overrides.update(model_max_epochs=1, model_updates_per_epoch=20, rollout_batch_size=2000)
+        overrides.update(dynamics_max_epochs=1, dynamics_updates_per_epoch=20, rollout_batch_size=2000)
         overrides["rollout_every"] = (timed // args.updates_per_step + 1) * args.updates_per_step
     if "steps_per_stage" in model_args:  # stage-wise training: time the first stage only
         stage = timed + args.updates_per_step

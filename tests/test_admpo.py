@@ -1,4 +1,5 @@
-"""ADM / ADMPO-OFF / MOPO: windows, the any-step model, penalties, termination rules, roll-outs and a tiny fit."""
+"""ADM / ADMPO-OFF / MOPO: windows, the dynamics models, model fitting, penalties, termination rules, roll-outs and
+a tiny fit."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from tensordict import TensorDict
 
 from conftest import REACH_1D, trainer, write_synthetic
 from test_cli import offrl, scalars
-from offrl.algos.admpo import ModelBuffer, holdout_errors, pretrain_dynamics, rollout, window_targets
+from offrl.algos.admpo import ADMPOOffline
+from offrl.algos.mopo import MOPO
 from offrl.data import registry
-from offrl.data.datamodules import window_starts
 from offrl.envs.termination import hopper_terminated, termination_fn, walker2d_terminated
 from offrl.errors import OffrlError
-from offrl.nn.dynamics import AnyStepDynamics, EnsembleDynamics
+from offrl.models.any_step import AnyStepModel
+from offrl.models.ensemble import EnsembleModel
+from offrl.models.fitting import FitSettings, fit_dynamics, holdout_errors
+from offrl.models.rollouts import ModelBuffer, rollout
+from offrl.models.windows import window_starts, window_targets
 from offrl.objectives.dynamics import any_step_penalty, dynamics_nll, ensemble_penalty, layer_weight_decay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +71,8 @@ def linear_system(episodes: int = 40, length: int = 50, seed: int = 0) -> tuple[
     return transitions, A, B
 
 
-def tiny_any_step(obs_dim: int = 4, action_dim: int = 2) -> AnyStepDynamics:
-    return AnyStepDynamics(obs_dim, action_dim, hidden_dim=64, gru_layers=1, residual_blocks=2, dropout=0.0)
+def tiny_any_step(obs_dim: int = 4, action_dim: int = 2, max_window: int = 3) -> AnyStepModel:
+    return AnyStepModel(obs_dim, action_dim, max_window, hidden_dim=64, gru_layers=1, residual_blocks=2, dropout=0.0)
 
 
 # -- windows -----------------------------------------------------------------------------------------------
@@ -100,7 +105,7 @@ def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
     model.fit_normalizers(transitions["observation"], transitions["action"])
     seen: list[int] = []
     model.register_forward_hook(lambda module, args, out: seen.append(args[1].shape[1]))
-    pretrain_dynamics(model, transitions, max_window=3, batch_size=16, max_epochs=1, updates_per_epoch=60, progress=False)
+    fit_dynamics(model, transitions, FitSettings(batch_size=16, max_epochs=1, updates_per_epoch=60), progress=False)
     training = seen[:60]
     assert set(training) == {1, 2, 3}
     lengths: list[int] = []
@@ -111,10 +116,10 @@ def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
     policy = lambda obs: torch.zeros(obs.shape[0], 2)  # noqa: E731
     never_terminates = lambda s: torch.zeros(len(s), dtype=torch.bool)  # noqa: E731
 
-    def roll(horizon: int, penalty_coef: float) -> TensorDict:
+    def roll(horizon: int, penalty_coef: float | None) -> TensorDict:
         return rollout(
             model, policy, transitions["observation"][history], transitions["action"][history],
-            transitions["observation"][first + 2], horizon, never_terminates, penalty_coef, "official", 3,
+            transitions["observation"][first + 2], horizon, never_terminates, penalty_coef,
         )
 
     # With a penalty each step predicts for every k in 1..min(history, m) = 1..3 (the spread), history capped at m.
@@ -122,8 +127,8 @@ def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
     rows = roll(4, penalty_coef=1.0)
     assert len(rows) == 8 * 4 and "penalty" in rows.keys()
     assert lengths == [3] * 4 and len(seen) == before
-    # Without one (ADMPO-ON) only the drawn k is predicted: one window per step, of a length in 1..3.
-    rows = roll(30, penalty_coef=0.0)
+    # Unpenalised (ADMPO-ON) only the drawn k is predicted: one window per step, of a length in 1..3.
+    rows = roll(30, penalty_coef=None)
     assert len(rows) == 8 * 30 and "penalty" not in rows.keys()
     assert lengths == [3] * 4 and len(seen) == before + 30 and set(seen[before:]) == {1, 2, 3}
 
@@ -158,7 +163,7 @@ def test_nll_falls_and_direct_3_step_prediction_beats_3_bootstrapped_steps():
             return dynamics_nll(mean, logvar, target, model.bounds.min_logvar, model.bounds.max_logvar).item()
 
     before = nll()
-    history = pretrain_dynamics(model, transitions, max_window=3, batch_size=64, lr=1e-3, max_epochs=15, progress=False)
+    history = fit_dynamics(model, transitions, FitSettings(batch_size=64, lr=1e-3, max_epochs=15), progress=False)
     assert nll() < before - 1.0
     assert min(history) < 0.2 * history[0]
 
@@ -181,11 +186,9 @@ def test_nll_falls_and_direct_3_step_prediction_beats_3_bootstrapped_steps():
 def test_ensemble_learns_and_keeps_its_best_members_as_elites():
     torch.manual_seed(0)
     transitions, _, _ = linear_system(episodes=20)
-    model = EnsembleDynamics(4, 2, hidden_dims=(32, 32), num_members=4, num_elites=2)
+    model = EnsembleModel(4, 2, hidden_dims=(32, 32), num_members=4, num_elites=2)
     model.fit_normalizers(transitions["observation"], transitions["action"])
-    history = pretrain_dynamics(
-        model, transitions, max_window=1, batch_size=64, lr=1e-3, max_epochs=10, updates_per_epoch=60, progress=False
-    )
+    history = fit_dynamics(model, transitions, FitSettings(batch_size=64, lr=1e-3, max_epochs=10, updates_per_epoch=60), progress=False)
     assert history[-1] < 0.3 * history[0]
     holdout_first = window_starts(transitions["episode_last"], 1)
     errors = holdout_errors(model, transitions, [holdout_first[holdout_first >= len(transitions) - 200]])
@@ -195,7 +198,7 @@ def test_ensemble_learns_and_keeps_its_best_members_as_elites():
 def test_mopo_samples_from_the_elites_but_penalises_with_every_member():
     """MOPO (fake_env.py) and OfflineRL-Kit take the penalty's maximum std norm over all members, elites or not."""
     torch.manual_seed(0)
-    model = EnsembleDynamics(4, 2, hidden_dims=(8,), num_members=3, num_elites=1)
+    model = EnsembleModel(4, 2, hidden_dims=(8,), num_members=3, num_elites=1)
     last = model.member_layers()[-1]
     with torch.no_grad():
         last.bias[:, :, 5:] = -20.0  # log-variances of every member at the lower bound...
@@ -213,7 +216,7 @@ def test_mopo_samples_from_the_elites_but_penalises_with_every_member():
 
 def test_ensemble_layers_start_as_mopos_truncated_normal():
     torch.manual_seed(0)
-    model = EnsembleDynamics(11, 3, hidden_dims=(200, 200), num_members=7, num_elites=5)
+    model = EnsembleModel(11, 3, hidden_dims=(200, 200), num_members=7, num_elites=5)
     for layer in model.member_layers():
         std = 1 / (2 * layer.weight.shape[1] ** 0.5)
         assert torch.all(layer.bias == 0) and layer.weight.abs().max() <= 2 * std
@@ -223,11 +226,11 @@ def test_ensemble_layers_start_as_mopos_truncated_normal():
 def test_each_member_keeps_its_own_best_epoch_and_only_drops_over_the_threshold_count(monkeypatch):
     """MOPO/MBPO's early stopping: a member's snapshot is taken when its hold-out error falls by more than 1 %, and
     pretraining stops once no member has improved for `patience` epochs."""
-    import offrl.algos.admpo as admpo
+    import offrl.models.fitting as fitting
 
     torch.manual_seed(0)
     transitions, _, _ = linear_system(episodes=10)
-    model = EnsembleDynamics(4, 2, hidden_dims=(8,), num_members=2, num_elites=1)
+    model = EnsembleModel(4, 2, hidden_dims=(8,), num_members=2, num_elites=1)
     model.fit_normalizers(transitions["observation"], transitions["action"])
     # Hold-out errors per epoch: member 0 is best at epoch 2; member 1's 0.5 % drop at epoch 3 does not count,
     # its 10 % drop at epoch 4 does; then two epochs without improvement end it (patience 2).
@@ -238,10 +241,9 @@ def test_each_member_keeps_its_own_best_epoch_and_only_drops_over_the_threshold_
         snapshots.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
         return torch.tensor(scripted[len(snapshots) - 1])
 
-    monkeypatch.setattr(admpo, "holdout_errors", scripted_errors)
-    history = pretrain_dynamics(
-        model, transitions, 1, batch_size=32, lr=1e-2, patience=2, updates_per_epoch=5, progress=False, improvement=0.01
-    )
+    monkeypatch.setattr(fitting, "holdout_errors", scripted_errors)
+    settings = FitSettings(batch_size=32, lr=1e-2, patience=2, updates_per_epoch=5, improvement=0.01)
+    history = fit_dynamics(model, transitions, settings, progress=False)
     assert len(history) == 6 and len(snapshots) == 7  # six epochs, then one call to pick the elites
     final = model.state_dict()
     for name in model.member_state_names():
@@ -252,18 +254,21 @@ def test_each_member_keeps_its_own_best_epoch_and_only_drops_over_the_threshold_
 
 
 def test_ensemble_weight_decay_is_tensorflows_per_layer_l2_and_shrinks_the_trained_weights():
-    model = EnsembleDynamics(4, 2, hidden_dims=(8,), num_members=3, num_elites=2, weight_decay=[0.1, 0.2])
+    model = EnsembleModel(4, 2, hidden_dims=(8,), num_members=3, num_elites=2, weight_decay=[0.1, 0.2])
     first, last = model.net[0].weight, model.net[2].weight
     expected = 0.1 * first.square().sum() / 2 + 0.2 * last.square().sum() / 2
-    assert torch.allclose(layer_weight_decay(model.decayed_weights(), model.weight_decay), expected)
+    assert torch.allclose(layer_weight_decay([first, last], model.weight_decay), expected)
+    mean, logvar = model.predict_window(torch.zeros(3, 4), torch.zeros(3, 1, 2))
+    nll = dynamics_nll(mean, logvar, torch.zeros_like(mean), model.bounds.min_logvar, model.bounds.max_logvar)
+    assert torch.allclose(model.loss(mean, logvar, torch.zeros_like(mean)), nll + expected)  # the fitting loss adds it
 
     transitions, _, _ = linear_system(episodes=10)
     norms = {}
     for decay in (None, [1.0, 1.0]):
         torch.manual_seed(0)
-        model = EnsembleDynamics(4, 2, hidden_dims=(16,), num_members=2, num_elites=1, weight_decay=decay)
+        model = EnsembleModel(4, 2, hidden_dims=(16,), num_members=2, num_elites=1, weight_decay=decay)
         model.fit_normalizers(transitions["observation"], transitions["action"])
-        pretrain_dynamics(model, transitions, 1, batch_size=64, lr=1e-2, max_epochs=3, updates_per_epoch=50, progress=False)
+        fit_dynamics(model, transitions, FitSettings(batch_size=64, lr=1e-2, max_epochs=3, updates_per_epoch=50), progress=False)
         norms[decay is None] = sum(layer.weight.square().sum() for layer in model.net[::2]).item()
     assert norms[False] < 0.5 * norms[True]
 
@@ -335,15 +340,16 @@ def test_model_buffer_keeps_the_newest_rows_in_a_ring():
 
 
 def admpo_config(path: Path, dynamics: str = "any_step", max_steps: int = 200, evaluate: bool = True) -> Path:
-    ensemble = dynamics == "ensemble"
+    model_settings = (
+        {"dynamics_hidden_dims": [32, 32], "dynamics_members": 3, "dynamics_elites": 2}
+        if dynamics == "ensemble"
+        else {"max_window": 3, "dynamics_hidden_dim": 32, "dynamics_gru_layers": 1, "dynamics_residual_blocks": 1}
+    )
     config = {
         "model": {
-            "class_path": "offrl.algos.admpo.ModelBasedSAC",
+            "class_path": "offrl.algos.mopo.MOPO" if dynamics == "ensemble" else "offrl.algos.admpo.ADMPOOffline",
             "init_args": {
-                "dynamics": dynamics, "max_window": 1 if ensemble else 3, "rollout_horizon": 3, "penalty_coef": 1.0,
-                "model_hidden_dim": 32, "model_gru_layers": 1, "model_residual_blocks": 1,
-                "ensemble_hidden_dims": [32, 32], "ensemble_members": 3, "ensemble_elites": 2,
-                "model_max_epochs": 3, "model_updates_per_epoch": 20, "model_patience": 2,
+                **model_settings, "rollout_horizon": 3, "penalty_coef": 1.0, "dynamics_max_epochs": 3, "dynamics_updates_per_epoch": 20, "dynamics_patience": 2,
                 "hidden_dims": [32, 32], "model_rows": 48, "rollout_every": 50, "rollout_batch_size": 64,
                 "retain_rounds": 2, "init_alpha": 0.1,
             },
@@ -379,22 +385,24 @@ def reach_random_data() -> str:
     return "test/admpo/reach1d-v0"
 
 
-@pytest.mark.parametrize("dynamics, max_window", [("any_step", 2), ("ensemble", 1)])
-def test_admpo_off_and_mopo_learn_from_random_data_what_the_data_never_does(reach_random_data, dynamics, max_window):
+@pytest.mark.parametrize("dynamics", ["any_step", "ensemble"])
+def test_admpo_off_and_mopo_learn_from_random_data_what_the_data_never_does(reach_random_data, dynamics):
     """Offline, from random-action data, the whole pipeline (model pretraining, penalised roll-outs, SAC on mixed
     batches) learns to walk to 0 and stay: a return above -8 after 500 updates (BC gets -28.7 on the same data).
     The task is too easy to credit the model: SAC on the real rows alone gets -5.4, with model rows -4.3."""
     import lightning as L
 
-    from offrl.algos.admpo import ModelBasedSAC
     from offrl.callbacks.evaluation import EvaluationCallback
     from offrl.data.datamodules import TransitionDataModule
 
     L.seed_everything(0)
-    model = ModelBasedSAC(
-        dynamics=dynamics, max_window=max_window, rollout_horizon=5, penalty_coef=0.1, model_hidden_dim=32,
-        model_gru_layers=1, model_residual_blocks=1, ensemble_hidden_dims=[32, 32], ensemble_members=4,
-        ensemble_elites=3, model_max_epochs=20, model_updates_per_epoch=50, model_patience=5, model_lr=3e-3,
+    algorithm, model_settings = (
+        (MOPO, {"dynamics_hidden_dims": [32, 32], "dynamics_members": 4, "dynamics_elites": 3})
+        if dynamics == "ensemble"
+        else (ADMPOOffline, {"max_window": 2, "dynamics_hidden_dim": 32, "dynamics_gru_layers": 1, "dynamics_residual_blocks": 1})
+    )
+    model = algorithm(
+        **model_settings, rollout_horizon=5, penalty_coef=0.1, dynamics_max_epochs=20, dynamics_updates_per_epoch=50, dynamics_patience=5, dynamics_lr=3e-3,
         hidden_dims=[32, 32], actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3, model_rows=192, rollout_every=100,
         rollout_batch_size=200, retain_rounds=5,
     )
@@ -439,24 +447,26 @@ def test_tiny_fit_runs_end_to_end_and_logs_every_window(tmp_path, dynamics, run_
     config = admpo_config(tmp_path / "b.yaml", dynamics, max_steps=260, evaluate=False)
     result = offrl("fit", "--config", str(config), "--ckpt_path", "last", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "pretraining dynamics" not in result.stderr
+    assert "fitting the dynamics model" not in result.stderr
     assert len(scalars(run_dir)["model/holdout_mse"]) == len(metrics["model/holdout_mse"])
     assert len(scalars(run_dir)["train/critic_loss"]) > len(critic)
 
 
 def test_bad_settings_fail_in_one_sentence():
-    from offrl.algos.admpo import ModelBasedSAC
+    from offrl.algos.admpo import ADMPOOnline
 
     with pytest.raises(OffrlError, match="penalty_form"):
-        ModelBasedSAC(penalty_form="eq5")
-    with pytest.raises(OffrlError, match="max_window"):
-        ModelBasedSAC(dynamics="ensemble", max_window=3)
-    with pytest.raises(OffrlError, match="ensemble_elites"):
-        ModelBasedSAC(dynamics="ensemble", max_window=1, ensemble_members=3, ensemble_elites=5)
-    with pytest.raises(OffrlError, match=r"ensemble_weight_decay must be 3 non-negative numbers"):
-        ModelBasedSAC(dynamics="ensemble", max_window=1, ensemble_hidden_dims=[8, 8], ensemble_weight_decay=[1e-4])
-    with pytest.raises(OffrlError, match=r"with dynamics: ensemble, got \[0.0\] with dynamics: any_step"):
-        ModelBasedSAC(ensemble_hidden_dims=[], ensemble_weight_decay=[0.0])
+        ADMPOOffline(penalty_form="eq5")
+    with pytest.raises(OffrlError, match="max_window must be >= 1, got 0"):
+        ADMPOOffline(max_window=0)
+    with pytest.raises(OffrlError, match="dynamics_elites"):
+        MOPO(dynamics_members=3, dynamics_elites=5)
+    with pytest.raises(OffrlError, match=r"dynamics_weight_decay must be 3 non-negative numbers"):
+        MOPO(dynamics_hidden_dims=[8, 8], dynamics_weight_decay=[1e-4])
+    with pytest.raises(OffrlError, match="rollout_every must be a positive integer, got 0"):
+        MOPO(rollout_every=0)
+    with pytest.raises(OffrlError, match="penalty_coef is 1.0, but online roll-outs are unpenalised"):
+        ADMPOOnline(penalty_coef=1.0)
 
 
 PAPER_M_H_BETA = {  # DESIGN.md, from the ADMPO paper
@@ -492,13 +502,12 @@ OFFICIAL_HALF_REAL = {"hopper-medium-replay", "hopper-medium-expert", "halfcheet
 
 @pytest.mark.parametrize("algorithm", ["admpo_off", "mopo"])
 def test_configs_build_with_the_papers_settings(algorithm):
-    from offrl.algos.admpo import ModelBasedSAC
-
     root = Path(__file__).parents[1] / "configs" / algorithm
     assert sorted(p.stem for p in root.glob("*.yaml")) == sorted(PAPER_M_H_BETA)
     for path in root.glob("*.yaml"):
         config = yaml.safe_load(path.read_text())
-        module = ModelBasedSAC(**config["model"]["init_args"])
+        module = (ADMPOOffline if algorithm == "admpo_off" else MOPO)(**config["model"]["init_args"])
+        assert config["model"]["class_path"] == f"{type(module).__module__}.{type(module).__name__}"
         hp, data = module.hparams, config["data"]["init_args"]
         half = algorithm == "admpo_off" and path.stem in OFFICIAL_HALF_REAL  # MOPO: 0.05 on every dataset
         assert (data["batch_size"], hp.model_rows) == ((128, 128) if half else (12, 244))
@@ -510,12 +519,12 @@ def test_configs_build_with_the_papers_settings(algorithm):
             assert hp.penalty_form == "official"
             # Every official config/d4rl file sets auto_alpha False: a fixed temperature (its alpha, else 0.1).
             assert not hp.learn_alpha and hp.init_alpha == OFFICIAL_ALPHA.get(path.stem, 0.1)
-            assert hp.model_hidden_dim == (400 if path.stem == "halfcheetah-medium-expert" else 200)
+            assert hp.dynamics_hidden_dim == (400 if path.stem == "halfcheetah-medium-expert" else 200)
             assert config["trainer"]["max_steps"] == (3_000_000 if path.stem.endswith("random") else 5_000_000)
         else:
             assert config["trainer"]["max_steps"] == 3_000_000  # OfflineRL-Kit's 3000 epochs x 1000
-            assert hp.dynamics == "ensemble" and (hp.ensemble_members, hp.ensemble_elites) == (7, 5)
+            assert (hp.dynamics_members, hp.dynamics_elites) == (7, 5)
             assert (hp.rollout_horizon, hp.penalty_coef) == MOPO_H_LAMBDA[path.stem]
-            assert list(hp.ensemble_weight_decay) == [2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4] and hp.model_patience == 5
+            assert list(hp.dynamics_weight_decay) == [2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4] and hp.dynamics_patience == 5
             # OfflineRL-Kit's temperature: learned from log alpha 0 at lr 1e-4 toward entropy -action_dim.
             assert hp.learn_alpha and (hp.init_alpha, hp.alpha_lr, hp.target_entropy) == (1.0, 1e-4, None)

@@ -1,4 +1,4 @@
-"""Datasets: Minari round trip, relabelled goals, any-step windows, sampler state, atomic writes, bad ids."""
+"""Datasets: Minari round trip, relabelled goals, sampler state, atomic writes, bad ids."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from offrl.data import minari_io, registry
-from offrl.data.datamodules import AnyStepDataModule, HindsightDataModule, TransitionDataModule
+from offrl.data.datamodules import HindsightDataModule, TransitionDataModule
 from offrl.errors import OffrlError
 
 from conftest import write_synthetic
@@ -108,24 +108,6 @@ def test_geometric_goals_stay_in_the_episode_and_come_sooner(goal_id):
     assert geometric.float().mean() < 1.2 < 4 < uniform.float().mean()
 
 
-@pytest.mark.parametrize("max_window", [1, 3, 5])
-def test_any_step_windows_never_cross_an_episode_end(flat_id, max_window):
-    module = ready(AnyStepDataModule(flat_id, batch_size=512, max_window=max_window, seed=7))
-    seen = set()
-    for _ in range(60):
-        batch = module.sample(512)
-        window = batch["actions"].shape[1]
-        seen.add(window)
-        steps = batch["window_indices"]
-        episodes = module.transitions["episode"][steps]
-        assert (episodes == episodes[:, :1]).all()
-        assert (steps[:, 1:] - steps[:, :-1] == 1).all()
-        torch.testing.assert_close(batch["observation"], module.transitions["observation"][steps[:, 0]])
-        torch.testing.assert_close(batch["actions"], module.transitions["action"][steps])
-        torch.testing.assert_close(batch["next", "observation"], module.transitions["next", "observation"][steps[:, -1]])
-    assert seen == set(range(1, max_window + 1))
-
-
 def test_sampler_is_seeded_and_resumes_from_its_state(flat_id):
     first = ready(TransitionDataModule(flat_id, batch_size=64, seed=11))
     second = ready(TransitionDataModule(flat_id, batch_size=64, seed=11))
@@ -193,5 +175,3 @@ def test_bad_datamodule_values_are_refused():
         TransitionDataModule("offrl/pointmaze/umaze-v0", batch_size=0)
     with pytest.raises(OffrlError, match="sum to 1"):
         HindsightDataModule("offrl/pointmaze/umaze-v0", future_goal_prob=0.5)
-    with pytest.raises(OffrlError, match="max_window"):
-        AnyStepDataModule("offrl/pointmaze/umaze-v0", max_window=0)

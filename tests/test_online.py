@@ -24,7 +24,7 @@ def test_buffer_holds_exactly_the_env_steps_taken_and_replays_them(in_tmp_dir):
     L.seed_everything(0)
     num_envs, warmup, updates = 2, 420, 30  # Pendulum episodes are 200 steps: each env crosses a reset
     datamodule = ReplayDataModule("Pendulum-v1", batch_size=32, steps_per_epoch=updates, capacity=1000, num_envs=num_envs)
-    interaction = OnlineInteraction(warmup_steps=warmup, updates_per_step=2.0, seed=7)
+    interaction = OnlineInteraction(warmup_steps=warmup, updates_per_env_step=2.0, seed=7)
     fit = trainer(updates, [interaction])
     fit.fit(SAC(hidden_dims=[16]), datamodule)
 
@@ -69,7 +69,7 @@ def test_sac_learns_a_small_reach_task_online(in_tmp_dir):
     datamodule = ReplayDataModule(REACH_1D, batch_size=128, steps_per_epoch=500, capacity=5000)
     evaluation = EvaluationCallback(num_episodes=10, num_envs=10, seed=1)
     model = SAC(hidden_dims=[32, 32], actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3, discount=0.9)
-    fit = trainer(500, [OnlineInteraction(warmup_steps=200, updates_per_step=1.0, seed=0), evaluation])
+    fit = trainer(500, [OnlineInteraction(warmup_steps=200, updates_per_env_step=1.0, seed=0), evaluation])
     fit.fit(model, datamodule)
     learned = fit.callback_metrics["eval/return"].item()
 
@@ -99,8 +99,8 @@ def test_a_full_buffer_and_bad_settings_fail_in_one_sentence(in_tmp_dir):
 
     with pytest.raises(OffrlError, match="cannot act online"):
         trainer(1, [OnlineInteraction()]).fit(BC(hidden_dims=[8]), ReplayDataModule("Pendulum-v1"))
-    with pytest.raises(OffrlError, match="updates_per_step"):
-        OnlineInteraction(updates_per_step=0)
+    with pytest.raises(OffrlError, match="updates_per_env_step"):
+        OnlineInteraction(updates_per_env_step=0)
     with pytest.raises(OffrlError, match="set performance.updates_per_step 1 \\(got 10\\)"):
         trainer(10, [OnlineInteraction(warmup_steps=20), UpdateLoop(updates_per_step=10)], log_every_n_steps=10).fit(
             SAC(hidden_dims=[8]), ReplayDataModule("Pendulum-v1", batch_size=8, steps_per_epoch=10, capacity=100)
@@ -129,7 +129,7 @@ def test_shipped_hopper_config_runs_online_from_the_command_line(in_tmp_dir):
 
 def test_medium_replay_is_the_sac_replay_buffer_and_stops_at_the_target(in_tmp_dir, monkeypatch):
     from offrl.data import registry
-    from offrl.data.generators import medium_replay
+    from offrl.recipes import medium_replay
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(in_tmp_dir / "store"))
     registry.generate("offrl/mujoco/hopper/medium-replay-v0", steps=300, seed=0)
@@ -151,11 +151,11 @@ def test_medium_replay_is_the_sac_replay_buffer_and_stops_at_the_target(in_tmp_d
 
 
 def test_admpo_online_retrains_on_the_data_so_far_on_schedule_with_a_ramped_horizon(in_tmp_dir, monkeypatch):
-    from offrl.algos.admpo import OnlineModelBasedSAC
+    from offrl.algos.admpo import ADMPOOnline
 
     L.seed_everything(0)
     rounds = []  # (env steps, horizon, stored transitions) of every roll-out round
-    record = OnlineModelBasedSAC.rollout_round
+    record = ADMPOOnline.rollout_round
 
     def recording_round(self, transitions, starts, horizon):
         rounds.append((self.datamodule.size, horizon, transitions.batch_size[0]))
@@ -164,17 +164,17 @@ def test_admpo_online_retrains_on_the_data_so_far_on_schedule_with_a_ramped_hori
         assert (starts + 2 <= last[starts]).all() and torch.equal(last[last], last)
         record(self, transitions, starts, horizon)
 
-    monkeypatch.setattr(OnlineModelBasedSAC, "rollout_round", recording_round)
+    monkeypatch.setattr(ADMPOOnline, "rollout_round", recording_round)
 
     def run(max_steps: int, ckpt_path=None):
-        model = OnlineModelBasedSAC(
-            max_window=3, model_every=50, rollout_horizon=5, min_rollout_horizon=1, horizon_ramp_start=100,
-            horizon_ramp_end=200, penalty_coef=0.0, model_hidden_dim=16, model_gru_layers=1, model_residual_blocks=1,
-            model_max_epochs=2, model_updates_per_epoch=5, hidden_dims=[16], model_rows=24, rollout_batch_size=16,
+        model = ADMPOOnline(
+            max_window=3, dynamics_every=50, rollout_horizon=5, min_rollout_horizon=1, horizon_ramp_start=100,
+            horizon_ramp_end=200, dynamics_hidden_dim=16, dynamics_gru_layers=1, dynamics_residual_blocks=1,
+            dynamics_max_epochs=2, dynamics_updates_per_epoch=5, hidden_dims=[16], model_rows=24, rollout_batch_size=16,
             retain_rounds=2,
         )
         datamodule = ReplayDataModule("Hopper-v5", batch_size=8, steps_per_epoch=240, capacity=1000, num_envs=2)
-        fit = trainer(max_steps, [OnlineInteraction(warmup_steps=100, updates_per_step=2.0, seed=0)])
+        fit = trainer(max_steps, [OnlineInteraction(warmup_steps=100, updates_per_env_step=2.0, seed=0)])
         fit.fit(model, datamodule, ckpt_path=ckpt_path)
         return fit, model, datamodule
 
@@ -209,9 +209,9 @@ def test_shipped_admpo_online_config_runs_from_the_command_line(in_tmp_dir):
     main([
         "fit", "--config", str(config), "--trainer.max_steps", "60", "--trainer.log_every_n_steps", "20",
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--data.steps_per_epoch", "60",
-        "--trainer.callbacks.warmup_steps", "100", "--model.hidden_dims", "[16]", "--model.model_hidden_dim", "8",
-        "--model.model_gru_layers", "1", "--model.model_residual_blocks", "1", "--model.model_updates_per_epoch", "2",
-        "--model.model_max_epochs", "1", "--model.rollout_batch_size", "8", "--model.model_every", "2",
+        "--trainer.callbacks.warmup_steps", "100", "--model.hidden_dims", "[16]", "--model.dynamics_hidden_dim", "8",
+        "--model.dynamics_gru_layers", "1", "--model.dynamics_residual_blocks", "1", "--model.dynamics_updates_per_epoch", "2",
+        "--model.dynamics_max_epochs", "1", "--model.rollout_batch_size", "8", "--model.dynamics_every", "2",
         "--evaluation.num_episodes", "1", "--evaluation.num_envs", "1",
     ])
     metrics = scalars(in_tmp_dir / "logs" / "admpo_on" / "Hopper" / "version_0")
@@ -230,14 +230,14 @@ def test_shipped_online_hopper_configs_are_the_official_recipes():
     root = Path(__file__).parents[1] / "configs"
     admpo = yaml.safe_load((root / "admpo_on" / "hopper.yaml").read_text())
     model, data, interaction = admpo["model"]["init_args"], admpo["data"]["init_args"], admpo["trainer"]["callbacks"][0]["init_args"]
-    warmup, utd = interaction["warmup_steps"], interaction["updates_per_step"]
-    assert (warmup, utd, model["model_every"], model["max_window"]) == (5000, 20.0, 250, 5)
+    warmup, utd = interaction["warmup_steps"], interaction["updates_per_env_step"]
+    assert (warmup, utd, model["dynamics_every"], model["max_window"]) == (5000, 20.0, 250, 5)
     assert warmup + admpo["trainer"]["max_steps"] / utd == 55000  # n_steps 50k after the warm-up
     assert (model["min_rollout_horizon"], model["rollout_horizon"]) == (1, 15)
     assert (model["horizon_ramp_start"], model["horizon_ramp_end"]) == (warmup, warmup + 50000)
-    assert model["target_entropy"] == -1 and model["init_alpha"] == 1.0 and model["penalty_coef"] == 0
+    assert model["target_entropy"] == -1 and model["init_alpha"] == 1.0 and "penalty_coef" not in model  # unpenalised
     assert data["batch_size"] / (data["batch_size"] + model["model_rows"]) == pytest.approx(0.05, abs=0.01)
-    assert (model["rollout_batch_size"], model["retain_rounds"], model["model_max_holdout"]) == (100000, 4, 500)
+    assert (model["rollout_batch_size"], model["retain_rounds"], model["dynamics_max_holdout"]) == (100000, 4, 500)
     assert data["steps_per_epoch"] / utd == 1000  # evaluation every 1000 env steps
     sac = yaml.safe_load((root / "sac" / "hopper.yaml").read_text())
     assert sac["model"]["init_args"]["target_entropy"] is None  # -action_dim
@@ -252,7 +252,7 @@ def test_an_online_run_resumes_from_its_checkpointed_replay_buffer(in_tmp_dir):
     def run(max_steps: int, ckpt_path=None):
         L.seed_everything(0)
         datamodule = ReplayDataModule("Pendulum-v1", batch_size=32, steps_per_epoch=100, capacity=capacity, num_envs=num_envs)
-        fit = trainer(max_steps, [OnlineInteraction(warmup_steps=warmup, updates_per_step=1.0, seed=7)], evaluate=False)
+        fit = trainer(max_steps, [OnlineInteraction(warmup_steps=warmup, updates_per_env_step=1.0, seed=7)], evaluate=False)
         fit.fit(SAC(hidden_dims=[16]), datamodule, ckpt_path=ckpt_path)
         return fit, datamodule
 

@@ -14,7 +14,7 @@ import yaml
 from conftest import trainer as quiet_trainer
 from conftest import write_synthetic
 
-from offrl.algos.admpo import ModelBasedSAC
+from offrl.algos.mopo import MOPO
 from offrl.algos.bc import BC
 from offrl.algos.rsp import RSP
 from offrl.algos.value_policy import ValuePolicy
@@ -64,11 +64,11 @@ def rsp() -> tuple[RSP, SkipStepDataModule]:
     return model, SkipStepDataModule(MAZE, batch_size=32, steps_per_epoch=12, scales=[2, 4])
 
 
-def mopo() -> tuple[ModelBasedSAC, TransitionDataModule]:
+def mopo() -> tuple[MOPO, TransitionDataModule]:
     # Roll-out rounds at updates 0 and 8: trainer-step starts with 1 and with 4 updates per step.
-    model = ModelBasedSAC(
-        dynamics="ensemble", max_window=1, rollout_horizon=2, ensemble_hidden_dims=[8], ensemble_members=3,
-        ensemble_elites=2, model_max_epochs=1, model_updates_per_epoch=5, hidden_dims=[16, 16], model_rows=16,
+    model = MOPO(
+        rollout_horizon=2, dynamics_hidden_dims=[8], dynamics_members=3,
+        dynamics_elites=2, dynamics_max_epochs=1, dynamics_updates_per_epoch=5, hidden_dims=[16, 16], model_rows=16,
         rollout_every=8, rollout_batch_size=32,
     )
     return model, TransitionDataModule(HOPPER, batch_size=8, steps_per_epoch=16)

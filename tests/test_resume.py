@@ -78,10 +78,10 @@ ALGORITHMS = {
     ),
     "admpo_off": (
         {
-            "class_path": "offrl.algos.admpo.ModelBasedSAC",
+            "class_path": "offrl.algos.admpo.ADMPOOffline",
             "init_args": {
-                "max_window": 2, "rollout_horizon": 2, "model_hidden_dim": 8, "model_gru_layers": 1, "model_residual_blocks": 1,
-                "model_max_epochs": 2, "model_updates_per_epoch": 5, "hidden_dims": [16, 16], "model_rows": 16,
+                "max_window": 2, "rollout_horizon": 2, "dynamics_hidden_dim": 8, "dynamics_gru_layers": 1, "dynamics_residual_blocks": 1,
+                "dynamics_max_epochs": 2, "dynamics_updates_per_epoch": 5, "hidden_dims": [16, 16], "model_rows": 16,
                 "rollout_every": 20, "rollout_batch_size": 32, "retain_rounds": 2,
             },
         },
@@ -90,10 +90,10 @@ ALGORITHMS = {
     ),
     "mopo": (
         {
-            "class_path": "offrl.algos.admpo.ModelBasedSAC",
+            "class_path": "offrl.algos.mopo.MOPO",
             "init_args": {
-                "dynamics": "ensemble", "max_window": 1, "rollout_horizon": 2, "ensemble_hidden_dims": [8, 8], "ensemble_members": 3,
-                "ensemble_elites": 2, "model_max_epochs": 2, "model_updates_per_epoch": 5, "hidden_dims": [16, 16], "model_rows": 16,
+                "rollout_horizon": 2, "dynamics_hidden_dims": [8, 8], "dynamics_members": 3,
+                "dynamics_elites": 2, "dynamics_max_epochs": 2, "dynamics_updates_per_epoch": 5, "hidden_dims": [16, 16], "model_rows": 16,
                 "rollout_every": 20, "rollout_batch_size": 32, "retain_rounds": 2,
             },
         },

@@ -80,8 +80,11 @@ def test_ttt_updates_the_actor_against_a_frozen_critic_and_restores_it(in_tmp_di
 def test_test_time_improvement_refuses_models_without_a_critic():
     from offrl.algos.bc import BC
 
+    from offrl.algos.value_policy import ValuePolicy
+
     with pytest.raises(OffrlError, match="ValuePolicy"):
         OPEX().setup(None, BC(), "test")
+    TTT().setup(None, ValuePolicy(), "test")  # the protocol (ImprovablePolicy) accepts a policy with a critic
 
 
 @pytest.mark.parametrize("bad", [{"step_size": 0.0}, {"steps": 0}])

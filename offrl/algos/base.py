@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from tensordict import TensorDict
 
+from offrl import lightning_adapter
 from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 
@@ -203,7 +204,7 @@ class OfflineAlgorithm(L.LightningModule):
             updates += 1
         # Lightning's logging step counts trainer steps; count updates instead, so that log_every_n_steps and the
         # x-axis of every curve mean updates whatever performance.updates_per_step is.
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped += max(updates - 1, 0)
+        lightning_adapter.add_logging_steps(self.trainer, max(updates - 1, 0))
         self.log_losses()
         return losses
 
@@ -211,9 +212,7 @@ class OfflineAlgorithm(L.LightningModule):
         # Manual optimisation counts a global step per LightningOptimizer.step; `update` steps the torch
         # optimisers directly (a graph cannot call back into Lightning), so count the update here, once.
         optimizer = self.optimizers()
-        optimizer = optimizer[0] if isinstance(optimizer, list) else optimizer
-        optimizer._on_before_step()
-        optimizer._on_after_step()
+        lightning_adapter.count_update(optimizer[0] if isinstance(optimizer, list) else optimizer)
 
     def accumulate_losses(self, losses: dict[str, torch.Tensor]) -> None:
         """Sum the losses on the device (no host sync); `log_losses` logs their window means."""
@@ -226,7 +225,7 @@ class OfflineAlgorithm(L.LightningModule):
     def log_losses(self) -> None:
         """Log `train/<name>` as the mean over the logging window, on the steps where Lightning writes logs."""
         window = self._loss_window
-        if window["count"] == 0 or not self.trainer._logger_connector.should_update_logs:
+        if window["count"] == 0 or not lightning_adapter.logs_due(self.trainer):
             return  # Lightning would drop values logged on other steps; logging costs host work every time
         means = dict(zip((f"train/{name}" for name in window["names"]), (window["sums"] / window["count"]).unbind()))
         self.log_now(means, prog_bar=f"train/{self.progress_bar_loss}")
@@ -241,7 +240,7 @@ class OfflineAlgorithm(L.LightningModule):
             self.log(name, value, prog_bar=name == prog_bar, logger=False)
         values = {name: float(value) for name, value in scalars.items()}
         for logger in self.loggers:
-            logger.log_metrics(values, step=self.trainer.fit_loop.epoch_loop._batches_that_stepped)
+            logger.log_metrics(values, step=lightning_adapter.logging_step(self.trainer))
             logger.save()  # flushes the event file, as Lightning does after every write
 
     # -- evaluation and checkpoints ----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 from offrl.nn.ensemble import ensemble_mlp
 from offrl.nn.mlp import GaussianMLP, frozen
+from offrl.objectives.bc import gaussian_log_prob
 from offrl.objectives.sac import sac_actor_loss, sac_critic_loss, sac_temperature_loss
 from offrl.objectives.value import polyak_update
 
@@ -37,10 +38,10 @@ class TanhGaussianActor(nn.Module):
         """A reparameterised sample in [-1, 1]^A [B, A] and its log-probability [B]."""
         mean, log_std = self.net(observation)
         pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
-        gaussian_log_prob = (-0.5 * ((pre_tanh - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        gaussian = gaussian_log_prob(mean, log_std, pre_tanh)
         # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), the numerically stable form of log(1 - tanh(u)^2).
         log_det = (2.0 * (math.log(2.0) - pre_tanh - nn.functional.softplus(-2.0 * pre_tanh))).sum(-1)
-        return torch.tanh(pre_tanh), gaussian_log_prob - log_det
+        return torch.tanh(pre_tanh), gaussian - log_det
 
     def mode(self, observation: torch.Tensor) -> torch.Tensor:
         """The deterministic action tanh(mean)."""
@@ -189,7 +190,6 @@ class SAC(SACUpdates, OfflineAlgorithm):
         if num_critics < 1:
             raise OffrlError(f"model.num_critics must be a positive integer, got {num_critics}")
         self.save_hyperparameters()
-        self.automatic_optimization = False
 
     def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
         hp = self.hparams

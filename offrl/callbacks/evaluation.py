@@ -10,6 +10,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from offrl import lightning_adapter
 from offrl.callbacks.test_time import improved_act
 from offrl.envs.evaluation import evaluate
 from offrl.envs.factory import make_eval_env
@@ -71,7 +72,7 @@ class EvaluationCallback(L.Callback):
         if self.evaluated_at < step and due and trainer.limit_val_batches != 0:
             metrics = self.evaluation_metrics(trainer, pl_module)
             for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped - 1)
+                logger.log_metrics(metrics, step=lightning_adapter.logging_step(trainer) - 1)
             self.evaluated_at = step
 
     def state_dict(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from offrl import lightning_adapter
 from offrl.errors import OffrlError
 
 
@@ -84,7 +85,7 @@ class StopCheckpoint(L.Callback):
             if trainer.received_sigterm:
                 raise KeyboardInterrupt
             self.stop_signal = signal.SIGINT
-            trainer._signal_connector.received_sigterm = True  # Lightning's own stop request, as SIGTERM sets it
+            lightning_adapter.request_stop(trainer)  # Lightning's own stop request, as SIGTERM sets it
             if trainer.is_global_zero:
                 print("offrl: stopping after this update to save a checkpoint (Ctrl-C again stops at once)", file=sys.stderr)
 
@@ -100,7 +101,7 @@ class StopCheckpoint(L.Callback):
         # ModelCheckpoint leaves last.ckpt at the last periodic save when a run ends between two of them; the
         # finished run's last.ckpt holds its final state.
         checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and checkpoint.save_last and trainer.global_step != getattr(checkpoint, "_last_global_step_saved", -1):
+        if checkpoint is not None and checkpoint.save_last and trainer.global_step != lightning_adapter.last_saved_step(checkpoint):
             path = self.last_checkpoint_path(trainer)
             checkpoint.last_model_path = str(path)
             trainer.save_checkpoint(path)

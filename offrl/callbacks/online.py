@@ -2,8 +2,8 @@
 every step to the ReplayDataModule's buffer, keeping a fixed ratio of updates to env steps.
 
 Before the first update the envs take `warmup_steps` uniformly random actions. After update u the buffer is filled
-to warmup_steps + u / updates_per_step transitions, so update u + 1 samples from all the data taken so far
-(updates_per_step 1 is SAC's one update per env step; ADMPO-ON's 20 takes one env step every 20 updates).
+to warmup_steps + u / updates_per_env_step transitions, so update u + 1 samples from all the data taken so far
+(updates_per_env_step 1 is SAC's one update per env step; ADMPO-ON's 20 takes one env step every 20 updates).
 The module provides `explore(observation) -> action` (a sample of its policy, on its device).
 """
 
@@ -21,19 +21,19 @@ from offrl.errors import OffrlError
 
 
 class OnlineInteraction(L.Callback):
-    def __init__(self, warmup_steps: int = 5000, updates_per_step: float = 1.0, seed: int = 0):
+    def __init__(self, warmup_steps: int = 5000, updates_per_env_step: float = 1.0, seed: int = 0):
         """
         Args:
             warmup_steps: transitions of uniformly random actions taken before the first update.
-            updates_per_step: gradient updates per transition collected (the update-to-data ratio).
+            updates_per_env_step: gradient updates per transition collected (the update-to-data ratio).
             seed: seed of the envs and of the warm-up actions.
         """
         if warmup_steps < 0:
             raise OffrlError(f"OnlineInteraction warmup_steps must be non-negative, got {warmup_steps}")
-        if updates_per_step <= 0:
-            raise OffrlError(f"OnlineInteraction updates_per_step must be positive, got {updates_per_step}")
+        if updates_per_env_step <= 0:
+            raise OffrlError(f"OnlineInteraction updates_per_env_step must be positive, got {updates_per_env_step}")
         self.warmup_steps = warmup_steps
-        self.updates_per_step = updates_per_step
+        self.updates_per_env_step = updates_per_env_step
         self.seed = seed
         self.env = None
         self.state = None  # the envs' current root TensorDict
@@ -48,7 +48,7 @@ class OnlineInteraction(L.Callback):
             raise OffrlError("OnlineInteraction needs data: class_path offrl.data.replay.ReplayDataModule")
         if not hasattr(pl_module, "explore"):
             raise OffrlError(f"{type(pl_module).__name__} cannot act online (no explore()); use offrl.algos.sac.SAC "
-                             "or offrl.algos.admpo.OnlineModelBasedSAC")
+                             "or offrl.algos.admpo.ADMPOOnline or offrl.algos.mopo.MBPO")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule: ReplayDataModule = trainer.datamodule
@@ -92,7 +92,7 @@ class OnlineInteraction(L.Callback):
 
     def collect_for_update(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Fill the buffer to what the next update (number global_step + 1) may see."""
-        target = self.warmup_steps + math.ceil((trainer.global_step + 1) / self.updates_per_step)
+        target = self.warmup_steps + math.ceil((trainer.global_step + 1) / self.updates_per_env_step)
         self.collect(trainer.datamodule, pl_module, target - trainer.datamodule.size, explore=True)
 
     @torch.no_grad()

@@ -1,6 +1,6 @@
-"""Test-time policy improvement (Park et al., arXiv 2406.09329, section 6): callbacks that change how a
-ValuePolicy acts during evaluation roll-outs, at `fit`'s evaluations and at `offrl test`, for any value x
-extraction pair. The trained networks are left as they were once an evaluation ends.
+"""Test-time policy improvement (Park et al., arXiv 2406.09329, section 6): callbacks that change how a policy
+with a critic (offrl.algos.value_policy.ValuePolicy, any value x extraction pair) acts during evaluation roll-outs,
+at `fit`'s evaluations and at `offrl test`. The trained networks are left as they were once an evaluation ends.
 
 - OPEX (on-the-fly policy extraction): the action is moved along the critic's gradient, a <- a + eta * grad_a Q(s, a),
   `steps` times; the policy is unchanged.
@@ -21,11 +21,11 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 import torch
 
-from offrl.algos.value_policy import ValuePolicy
 from offrl.envs.evaluation import ActFn
 from offrl.errors import OffrlError
 from offrl.objectives.bc import mse
@@ -33,19 +33,38 @@ from offrl.nn.mlp import frozen, joined
 from offrl.objectives.extraction import ddpgbc_loss, opex_step
 
 
+@runtime_checkable
+class ImprovablePolicy(Protocol):
+    """What test-time improvement needs of an algorithm (offrl.algos.value_policy.ValuePolicy has it): a critic
+    over actions and a deterministic actor, with their input normalisation. Built modules also hold `actor`,
+    `critic`, `action_low` and `action_high`."""
+
+    def action_value(self, observation: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+        """Q(s, a) on raw observations and env actions, differentiable in the action."""
+
+    def normalized_inputs(self, observation: torch.Tensor, goal: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The observation and goal as the networks see them."""
+
+    def policy_action(self, actor_input: torch.Tensor, actor: torch.nn.Module | None = None) -> torch.Tensor:
+        """The deterministic env action of `actor` (default: the module's own) on normalised inputs."""
+
+    def q_value(self, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+        """Q(s, a) on normalised inputs."""
+
+
 class TestTimeImprovement(L.Callback):
-    """A callback that wraps a ValuePolicy's `act` for the length of one evaluation."""
+    """A callback that wraps an ImprovablePolicy's `act` for the length of one evaluation."""
 
     __test__ = False  # not a pytest class, despite the name
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, ValuePolicy):
+        if not isinstance(pl_module, ImprovablePolicy):
             raise OffrlError(
-                f"{type(self).__name__} needs a critic to improve actions with; "
-                f"use it with offrl.algos.value_policy.ValuePolicy, not {type(pl_module).__name__}"
+                f"{type(self).__name__} needs a critic to improve actions with, which {type(pl_module).__name__} "
+                "has not; use it with offrl.algos.value_policy.ValuePolicy"
             )
 
-    def improving(self, module: ValuePolicy, act: ActFn) -> contextlib.AbstractContextManager[ActFn]:
+    def improving(self, module: ImprovablePolicy, act: ActFn) -> contextlib.AbstractContextManager[ActFn]:
         raise NotImplementedError
 
 
@@ -74,7 +93,7 @@ class OPEX(TestTimeImprovement):
         self.step_size, self.steps = step_size, steps
 
     @contextlib.contextmanager
-    def improving(self, module: ValuePolicy, act: ActFn) -> Iterator[ActFn]:
+    def improving(self, module: ImprovablePolicy, act: ActFn) -> Iterator[ActFn]:
         def opex_act(observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
             return opex_step(
                 act(observation, goal),
@@ -105,7 +124,7 @@ class TTT(TestTimeImprovement):
             raise OffrlError(f"TTT alpha must be non-negative, got {alpha}")
         self.lr, self.steps, self.alpha, self.normalize_q = lr, steps, alpha, normalize_q
 
-    def update(self, module: ValuePolicy, reference: torch.nn.Module, optimizer, observation, goal) -> None:
+    def update(self, module: ImprovablePolicy, reference: torch.nn.Module, optimizer, observation, goal) -> None:
         """`steps` DDPG+BC updates of the actor on these states; the critic only passes gradients through."""
         # Observations may be inference tensors (Lightning evaluates in inference mode): copy them out of it.
         obs, goal = module.normalized_inputs(observation.clone(), None if goal is None else goal.clone())
@@ -122,7 +141,7 @@ class TTT(TestTimeImprovement):
             optimizer.step()
 
     @contextlib.contextmanager
-    def improving(self, module: ValuePolicy, act: ActFn) -> Iterator[ActFn]:
+    def improving(self, module: ImprovablePolicy, act: ActFn) -> Iterator[ActFn]:
         with torch.inference_mode(False):
             trained = copy.deepcopy(module.actor.state_dict())
             reference = copy.deepcopy(module.actor).requires_grad_(False)

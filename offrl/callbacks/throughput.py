@@ -8,6 +8,7 @@ import time
 import lightning as L
 import torch
 
+from offrl import lightning_adapter
 from offrl.errors import OffrlError
 
 
@@ -62,7 +63,7 @@ class UpdateLoop(L.Callback):
         datamodule, per_step = trainer.datamodule, self.updates_per_step
         # Everything that happens every N updates starts on a trainer step, so N must be a multiple of K.
         cadences = [("data.steps_per_epoch", datamodule.steps_per_epoch), ("trainer.log_every_n_steps", trainer.log_every_n_steps)]
-        cadences += [("checkpoint.every_n_train_steps", getattr(c, "_every_n_train_steps", 0)) for c in trainer.checkpoint_callbacks]
+        cadences += [("checkpoint.every_n_train_steps", lightning_adapter.checkpoint_interval(c)) for c in trainer.checkpoint_callbacks]
         cadences += list(pl_module.update_cadences().items())
         for name, every in cadences:
             if every % per_step:

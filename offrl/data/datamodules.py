@@ -23,13 +23,6 @@ from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 
 
-def window_starts(episode_last: torch.Tensor, window: int, end: int | None = None) -> torch.Tensor:
-    """Every index i whose window i..i+window-1 stays inside its episode (and before `end`, when given)."""
-    index = torch.arange(len(episode_last), device=episode_last.device)
-    last = episode_last if end is None else episode_last.clamp_max(end - 1)
-    return index[index + window - 1 <= last]
-
-
 class StepCounter(IterableDataset):
     """`length` placeholders per epoch (the real batch is drawn on the device). `position` is how many steps of the
     current epoch were trained on; an epoch started from a restored position yields only the steps left."""
@@ -265,69 +258,6 @@ class HindsightDataModule(TransitionDataModule):
         batch["goal_index"] = goal_indices
         batch["next", "goal_reached"] = goal_indices == indices
         return batch
-
-
-class AnyStepDataModule(TransitionDataModule):
-    """Windows of k consecutive steps inside one episode, k ~ U{1..max_window} drawn once per batch (ADM).
-
-    A batch holds the window's first observation, its k actions, and the state and reward after its last step.
-    """
-
-    def __init__(
-        self,
-        dataset_id: str,
-        batch_size: int = 256,
-        steps_per_epoch: int = 5000,
-        seed: int = 0,
-        env_id: str | None = None,
-        generate_steps: int | None = None,
-        generate_episodes: int | None = None,
-        max_window: int = 5,
-    ):
-        """
-        Args:
-            max_window: m, the longest window (the any-step model's largest k).
-        """
-        super().__init__(dataset_id, batch_size, steps_per_epoch, seed, env_id, generate_steps, generate_episodes)
-        if max_window < 1:
-            raise OffrlError(f"data.max_window must be at least 1, got {max_window}")
-        self.max_window = max_window
-        self.window_starts: list[torch.Tensor] = []
-
-    def prepare_transitions(self, transitions: TensorDict) -> None:
-        # window_starts[k-1]: every index i whose window i..i+k-1 stays inside its episode.
-        self.window_starts = [window_starts(transitions["episode_last"], k) for k in range(1, self.max_window + 1)]
-        if len(self.window_starts[0]) == 0:
-            raise OffrlError(f"dataset {self.dataset_id} has no transitions to build windows from")
-
-    def _device_setup(self, device: torch.device) -> None:
-        super()._device_setup(device)
-        self.window_starts = [starts.to(device) for starts in self.window_starts]
-
-    def sample_window(self, batch_size: int, window: int) -> TensorDict:
-        starts = self.window_starts[window - 1]
-        if len(starts) == 0:
-            raise OffrlError(f"no episode of {self.dataset_id} is {window} steps long; lower data.max_window")
-        first = starts[self.random_indices(batch_size, len(starts))]
-        steps = first[:, None] + torch.arange(window, device=first.device)
-        final = steps[:, -1]
-        return TensorDict(
-            {
-                "observation": self.transitions["observation"][first],
-                "actions": self.transitions["action"][steps],
-                "window_indices": steps,
-                "next": {
-                    "observation": self.transitions["next", "observation"][final],
-                    "reward": self.transitions["next", "reward"][final],
-                    "terminated": self.transitions["next", "terminated"][final],
-                },
-            },
-            batch_size=[batch_size],
-        )
-
-    def sample(self, batch_size: int) -> TensorDict:
-        window = int(torch.randint(1, self.max_window + 1, (1,), generator=self.generator, device=self.generator.device))
-        return self.sample_window(batch_size, window)
 
 
 class SkipStepDataModule(HindsightDataModule):

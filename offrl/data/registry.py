@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -54,9 +55,8 @@ def _mujoco(env: str, level: str, **kwargs) -> GeneratedDataset:
 
 
 def _medium_replay(env: str, **kwargs) -> GeneratedDataset:
-    from offrl.data.generators import medium_replay
-
-    return medium_replay.generate(env, **kwargs)
+    # A recipe that trains an agent (offrl.recipes) is above the data layer: it is found by name, not imported here.
+    return importlib.import_module("offrl.recipes.medium_replay").generate(env, **kwargs)
 
 
 def _adroit(task: str, **kwargs) -> GeneratedDataset:

@@ -92,7 +92,7 @@ def collect_replay(
     # A budget shorter than one evaluation period (test sizes) runs without evaluating: it cannot stop early.
     evaluates = updates >= eval_every
     datamodule = ReplayDataModule(env_id, BATCH_SIZE, eval_every if evaluates else updates, seed, capacity=max_steps)
-    callbacks = [OnlineInteraction(warmup_steps=warmup, updates_per_step=1.0, seed=seed), ReportProgress(progress)]
+    callbacks = [OnlineInteraction(warmup_steps=warmup, updates_per_env_step=1.0, seed=seed), ReportProgress(progress)]
     if evaluates:
         callbacks += [
             EvaluationCallback(num_episodes=eval_episodes, num_envs=eval_episodes, seed=seed + 1),
@@ -114,7 +114,7 @@ def collect_replay(
     trainer.fit(SAC(**SAC_SETTINGS), datamodule)
     final_score = trainer.callback_metrics.get("eval/normalized_score")
     facts = {
-        "sac": {**SAC_SETTINGS, "batch_size": BATCH_SIZE, "warmup_steps": warmup, "updates_per_step": 1.0},
+        "sac": {**SAC_SETTINGS, "batch_size": BATCH_SIZE, "warmup_steps": warmup, "updates_per_env_step": 1.0},
         "target_normalized_score": target_score,
         "reached_target": final_score is not None and float(final_score) > target_score,
         "final_normalized_score": None if final_score is None else float(final_score),

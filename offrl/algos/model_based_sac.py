@@ -1,0 +1,303 @@
+"""The loop that MOPO and ADMPO-OFF (offline), MBPO and ADMPO-ON (online) share: SAC on batches that mix real
+transitions with transitions rolled out in a learned dynamics model. The algorithm files (`mopo.py`,
+`admpo.py`) choose the model (`build_dynamics`) and its settings; everything else is here, top to bottom:
+
+- offline (`ModelBasedSAC`): fit the model on the dataset once, at the start of `fit` (kept in the checkpoint);
+  every `rollout_every` updates roll the policy out for `rollout_horizon` model steps from `rollout_batch_size`
+  real states, with reward r - penalty_coef * penalty; every update trains SAC on the datamodule's real batch
+  plus `model_rows` rows of a buffer holding the last `retain_rounds` roll-out rounds.
+- online (`OnlineModelBasedSAC`): offrl.callbacks.online.OnlineInteraction fills a ReplayDataModule; every
+  `dynamics_every` env steps the model is refitted on all the data so far (continuing from its weights) and a
+  round of unpenalised roll-outs starts, its horizon ramped from `min_rollout_horizon` to `rollout_horizon`
+  (MBPO's schedule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+
+from offrl.algos.base import OfflineAlgorithm, check_td_settings
+from offrl.algos.sac import SACAgent, SACUpdates
+from offrl.dataset_info import DatasetInfo
+from offrl.envs.termination import termination_fn
+from offrl.errors import OffrlError
+from offrl.models.dynamics import DynamicsModel
+from offrl.models.fitting import FitSettings, fit_dynamics
+from offrl.models.rollouts import SAC_KEYS, ModelBuffer, rollout
+from offrl.models.windows import window_starts
+
+
+class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
+    """Offline model-based SAC with uncertainty-penalised roll-outs; subclasses build the model."""
+
+    default_name = "model_based_sac"
+
+    def __init__(
+        self,
+        rollout_horizon: int = 5,
+        penalty_coef: float = 1.0,
+        dynamics_lr: float = 3e-4,
+        dynamics_batch_size: int = 256,
+        dynamics_holdout_fraction: float = 0.2,
+        dynamics_max_holdout: int = 1000,
+        dynamics_patience: int = 25,
+        dynamics_improvement: float = 0.0,
+        dynamics_max_epochs: int | None = None,
+        dynamics_updates_per_epoch: int | None = None,
+        hidden_dims: Sequence[int] = (256, 256),
+        discount: float = 0.99,
+        tau: float = 0.005,
+        actor_lr: float = 1e-4,
+        critic_lr: float = 3e-4,
+        alpha_lr: float = 3e-4,
+        actor_cosine_steps: int | None = None,
+        init_alpha: float = 1.0,
+        learn_alpha: bool = True,
+        target_entropy: float | None = None,
+        model_rows: int = 243,
+        rollout_every: int = 1000,
+        rollout_batch_size: int = 50000,
+        retain_rounds: int = 5,
+        name: str | None = None,
+    ):
+        """
+        Args:
+            rollout_horizon: H, model steps per roll-out.
+            penalty_coef: beta in r - beta * penalty.
+            dynamics_lr, dynamics_batch_size: Adam learning rate and batch of model fitting.
+            dynamics_holdout_fraction, dynamics_max_holdout: hold-out = min(fraction * N, max) last transitions.
+            dynamics_patience: epochs without a better hold-out error before fitting stops.
+            dynamics_improvement: relative drop of the hold-out error that counts as better (MOPO/MBPO: 0.01).
+            dynamics_max_epochs: an upper bound on fitting epochs (None: only early stopping).
+            dynamics_updates_per_epoch: updates per epoch (None: N_train / dynamics_batch_size * max_window).
+            hidden_dims, discount, tau, init_alpha, learn_alpha, target_entropy: the SAC agent.
+            actor_lr, critic_lr, alpha_lr: Adam learning rates; the actor's decays by a cosine over
+                actor_cosine_steps updates (None: trainer.max_steps).
+            model_rows: model transitions per SAC update; the datamodule's batch_size gives the real ones.
+            rollout_every: updates between roll-out rounds.
+            rollout_batch_size: roll-outs started per round.
+            retain_rounds: roll-out rounds the model buffer holds.
+            name: run name for logs/<name>/<dataset>/ (default: the algorithm's).
+        """
+        super().__init__()
+        for name_, value in (("rollout_horizon", rollout_horizon), ("rollout_every", rollout_every),
+                             ("rollout_batch_size", rollout_batch_size), ("retain_rounds", retain_rounds),
+                             ("dynamics_batch_size", dynamics_batch_size), ("dynamics_patience", dynamics_patience)):
+            if value < 1:
+                raise OffrlError(f"model.{name_} must be a positive integer, got {value}")
+        if model_rows < 0:
+            raise OffrlError(f"model.model_rows must be >= 0, got {model_rows}")
+        if not 0.0 <= dynamics_improvement < 1.0:
+            raise OffrlError(f"model.dynamics_improvement must be in [0, 1) (a relative drop, e.g. 0.01), got {dynamics_improvement}")
+        check_td_settings(discount, tau)
+        self.save_hyperparameters()
+        self.model_buffer = ModelBuffer(rollout_batch_size * rollout_horizon * retain_rounds)
+
+    @property
+    def algorithm_name(self) -> str:
+        return self.hparams.name or self.default_name
+
+    def build_dynamics(self, obs_dim: int, action_dim: int) -> DynamicsModel:
+        raise NotImplementedError
+
+    def fit_settings(self) -> FitSettings:
+        hp = self.hparams
+        return FitSettings(
+            hp.dynamics_batch_size, hp.dynamics_lr, hp.dynamics_holdout_fraction, hp.dynamics_max_holdout,
+            hp.dynamics_patience, hp.dynamics_improvement, hp.dynamics_max_epochs, hp.dynamics_updates_per_epoch,
+        )
+
+    def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
+        self.build_networks(info, data_terminates=bool(transitions["next", "terminated"].any()))
+        self.dynamics.fit_normalizers(transitions["observation"], transitions["action"])
+        # Roll-outs start after m - 1 real steps of history: windows of m rows, the last row's state is the start.
+        self.rollout_starts = window_starts(transitions["episode_last"], self.dynamics.max_window)
+        if len(self.rollout_starts) == 0:
+            raise OffrlError(f"no episode of {info.dataset_id} is {self.dynamics.max_window} steps long; lower model.max_window")
+
+    def build_networks(self, info: DatasetInfo, data_terminates: bool = True) -> None:
+        """The SAC agent, the dynamics model and the roll-outs' termination rule (an env without one is taken to
+        never terminate only when its data shows no terminal state)."""
+        hp = self.hparams
+        spec = info.eval_env_spec or info.env_spec
+        self.terminated_fn = termination_fn(spec.id if spec is not None else None, data_terminates)
+        self.agent = SACAgent(
+            info.observation_dim, info.action_dim, info.action_low, info.action_high, list(hp.hidden_dims), hp.discount,
+            hp.tau, hp.target_entropy, hp.init_alpha, hp.learn_alpha,
+        )
+        self.dynamics = self.build_dynamics(info.observation_dim, info.action_dim)
+        self.register_buffer("dynamics_trained", torch.tensor(False))
+
+    def configure_optimizers(self):
+        hp, groups = self.hparams, self.agent.parameter_groups()
+        optimizers = [torch.optim.Adam(groups["critic"], lr=hp.critic_lr)]
+        if groups["alpha"]:
+            optimizers.append(torch.optim.Adam(groups["alpha"], lr=hp.alpha_lr))
+        actor = torch.optim.Adam(groups["actor"], lr=hp.actor_lr)
+        steps = hp.actor_cosine_steps or self.trainer.max_steps
+        if steps is None or steps < 1:
+            raise OffrlError("set trainer.max_steps or model.actor_cosine_steps: the actor's cosine schedule needs a length")
+        return [*optimizers, actor], [torch.optim.lr_scheduler.CosineAnnealingLR(actor, steps)]
+
+    # -- the model and its roll-outs ---------------------------------------------------------------------
+
+    def update_cadences(self) -> dict[str, int]:
+        return {"model.rollout_every": self.hparams.rollout_every}
+
+    def on_fit_start(self) -> None:
+        if bool(self.dynamics_trained):
+            return
+        history = fit_dynamics(
+            self.dynamics, self.datamodule.transitions.to(self.device), self.fit_settings(), progress=self.trainer.is_global_zero
+        )
+        self.dynamics_trained.fill_(True)
+        if self.logger is not None:
+            for epoch, error in enumerate(history):
+                self.logger.log_metrics({"model/holdout_mse": error}, step=epoch)
+
+    def rollout_penalty_coef(self) -> float | None:
+        return self.hparams.penalty_coef
+
+    @torch.no_grad()
+    def rollout_round(self, transitions: TensorDict, starts: torch.Tensor, horizon: int) -> None:
+        """Roll the current policy out in the model for `horizon` steps from rollout_batch_size real windows of
+        `transitions` (first rows `starts`); add the model transitions to the buffer."""
+        window = self.dynamics.max_window
+        first = starts.to(transitions.device)
+        first = first[torch.randint(len(first), (self.hparams.rollout_batch_size,), device=first.device)]
+        history = first[:, None] + torch.arange(window - 1, device=first.device)
+        rows = rollout(
+            self.dynamics, lambda obs: self.agent.act(obs, deterministic=False),
+            transitions["observation"][history], transitions["action"][history],
+            transitions["observation"][first + window - 1], horizon, self.terminated_fn, self.rollout_penalty_coef(),
+        )
+        metrics = {"rollout/reward": rows["next", "reward"].mean()}
+        if "penalty" in rows.keys():
+            metrics["rollout/penalty"] = rows["penalty"].mean()
+        self.log_now(metrics)
+        self.model_buffer.add(rows)
+
+    def refresh_model_data(self) -> None:
+        """A roll-out round every rollout_every updates."""
+        if self.global_step % self.hparams.rollout_every == 0:
+            self.rollout_round(self.datamodule.transitions, self.rollout_starts, self.hparams.rollout_horizon)
+
+    # -- SAC ---------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: TensorDict | list[TensorDict], batch_idx: int) -> dict[str, torch.Tensor]:
+        self.model_buffer.to(self.device)
+        self.refresh_model_data()
+        return super().training_step(batch, batch_idx)
+
+    def losses(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        """SAC's losses on the real rows of `batch` and model_rows model rows."""
+        real = batch.select(*SAC_KEYS)
+        real["next", "reward"] = real["next", "reward"].float()
+        model_rows = self.hparams.model_rows
+        return super().losses(torch.cat([real, self.model_buffer.sample(model_rows)]) if model_rows else real)
+
+    def accelerate_update(self, compile: bool = False, cuda_graphs: bool = False) -> None:
+        if cuda_graphs:
+            raise OffrlError(
+                "performance.cuda_graphs cannot capture a model-based SAC update: its model buffer grows between "
+                "roll-out rounds; set it false (performance.compile works)"
+            )
+        super().accelerate_update(compile, cuda_graphs)
+
+    def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
+        return self.agent.act(observation, deterministic=True)
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["model_buffer"] = self.model_buffer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "model_buffer" in checkpoint:
+            self.model_buffer.load_state_dict(checkpoint["model_buffer"], self.device)
+
+
+class OnlineModelBasedSAC(ModelBasedSAC):
+    """The online loop (see the module docstring). A mixin before an offline algorithm in the class list:
+    `class ADMPOOnline(OnlineModelBasedSAC, ADMPOOffline)` keeps the model and replaces the data schedule."""
+
+    def __init__(
+        self,
+        dynamics_every: int = 250,
+        min_rollout_horizon: int = 1,
+        horizon_ramp_start: int = 20000,
+        horizon_ramp_end: int = 100000,
+        **kwargs: Any,
+    ):
+        """
+        Args:
+            dynamics_every: env steps between two model refits (each followed by a roll-out round).
+            min_rollout_horizon: the roll-out horizon until horizon_ramp_start env steps.
+            horizon_ramp_start, horizon_ramp_end: env steps over which the horizon grows to rollout_horizon.
+            **kwargs: the offline algorithm's arguments (model, roll-outs, SAC). Online roll-outs are unpenalised
+                and rollout_every is unused.
+        """
+        if kwargs.get("penalty_coef", 0.0):
+            raise OffrlError(
+                f"model.penalty_coef is {kwargs['penalty_coef']}, but online roll-outs are unpenalised "
+                "(ADMPO-ON, MBPO); remove it from the config"
+            )
+        kwargs["penalty_coef"] = 0.0
+        super().__init__(**kwargs)
+        if dynamics_every < 1:
+            raise OffrlError(f"model.dynamics_every must be a positive integer, got {dynamics_every}")
+        if not 1 <= min_rollout_horizon <= self.hparams.rollout_horizon:
+            raise OffrlError(f"model.min_rollout_horizon must lie in 1..rollout_horizon, got {min_rollout_horizon}")
+        if horizon_ramp_end < horizon_ramp_start:
+            raise OffrlError(f"model.horizon_ramp_end ({horizon_ramp_end}) must not precede horizon_ramp_start ({horizon_ramp_start})")
+        self.model_env_steps = None  # env steps when the model was last fitted
+
+    def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
+        # The replay buffer is still empty: the model's statistics come with its data, and an env without a
+        # termination rule is refused (no data yet shows whether it terminates).
+        self.build_networks(info)
+
+    def update_cadences(self) -> dict[str, int]:
+        return {}  # roll-outs follow env steps (dynamics_every), not rollout_every
+
+    def on_fit_start(self) -> None:
+        """Nothing to fit on yet: the model trains as the data arrives."""
+
+    def rollout_penalty_coef(self) -> float | None:
+        return None
+
+    def rollout_horizon_at(self, env_steps: int) -> int:
+        hp = self.hparams
+        span = max(hp.horizon_ramp_end - hp.horizon_ramp_start, 1)
+        progress = min(max((env_steps - hp.horizon_ramp_start) / span, 0.0), 1.0)
+        return int(hp.min_rollout_horizon + progress * (hp.rollout_horizon - hp.min_rollout_horizon))
+
+    def refresh_model_data(self) -> None:
+        env_steps = self.datamodule.size
+        if self.model_env_steps is not None and env_steps - self.model_env_steps < self.hparams.dynamics_every:
+            return
+        stored = self.datamodule.stored()
+        self.dynamics.fit_normalizers(stored["observation"], stored["action"])
+        history = fit_dynamics(self.dynamics, stored, self.fit_settings(), progress=False)
+        horizon = self.rollout_horizon_at(env_steps)
+        self.rollout_round(stored, window_starts(stored["episode_last"], self.dynamics.max_window), horizon)
+        self.model_env_steps = env_steps
+        self.log_now({"model/holdout_mse": history[-1], "rollout/horizon": float(horizon)})
+
+    def explore(self, observation: torch.Tensor) -> torch.Tensor:
+        """The behaviour policy of online interaction: a sample of the policy."""
+        return self.agent.act(observation, deterministic=False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["model_env_steps"] = self.model_env_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.model_env_steps = checkpoint.get("model_env_steps")

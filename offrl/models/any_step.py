@@ -1,0 +1,111 @@
+"""ADM, the any-step dynamics model (Lin et al., arXiv 2405.17031; official code HxLyn3/ADMPO): a GRU reads the
+state at the start of a window and the k actions in it, any k in 1..m, and predicts the state after the window.
+Its uncertainty is how much the predictions of the same next state from windows of different k disagree."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from offrl.nn.dynamics import LogVarBounds, ResidualBlock
+from offrl.nn.mlp import Normalizer
+from offrl.objectives.dynamics import any_step_penalty, dynamics_nll
+
+
+class AnyStepModel(nn.Module):
+    """From s_{t-k+1} and the k actions a_{t-k+1..t}, a Gaussian over (s_{t+1} - s_{t-k+1}, r_t).
+
+    Every GRU step sees concat(norm(s_{t-k+1}), norm(a_i)): the start state repeated beside each action.
+    The GRU's last output goes through residual blocks to the mean and log-variance.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        max_window: int = 5,
+        hidden_dim: int = 200,
+        gru_layers: int = 3,
+        residual_blocks: int = 4,
+        dropout: float = 0.1,
+        penalty_form: str = "official",
+    ):
+        super().__init__()
+        self.obs_dim, self.action_dim, self.max_window, self.penalty_form = obs_dim, action_dim, max_window, penalty_form
+        self.obs_normalizer = Normalizer(obs_dim)
+        self.action_normalizer = Normalizer(action_dim)
+        self.gru = nn.GRU(obs_dim + action_dim, hidden_dim, gru_layers, batch_first=True)
+        self.head = nn.Sequential(
+            *[ResidualBlock(hidden_dim, dropout) for _ in range(residual_blocks)], nn.Linear(hidden_dim, 2 * (obs_dim + 1))
+        )
+        self.bounds = LogVarBounds(obs_dim + 1)
+
+    def fit_normalizers(self, observations: torch.Tensor, actions: torch.Tensor) -> None:
+        self.obs_normalizer.fit(observations)
+        self.action_normalizer.fit(actions)
+
+    def forward(self, start_obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """start_obs [B, obs], actions [B, k, act] -> mean, log-variance [B, obs + 1] of (delta s, r)."""
+        obs = self.obs_normalizer(start_obs)[:, None].expand(-1, actions.shape[1], -1)
+        output, _ = self.gru(torch.cat([obs, self.action_normalizer(actions)], -1))
+        mean, logvar = self.head(output[:, -1]).chunk(2, -1)
+        return mean, self.bounds(logvar)
+
+    # -- fitting ----------------------------------------------------------------------------------------
+
+    def window_draw_shape(self, batch_size: int) -> tuple[int, ...]:
+        return (batch_size,)
+
+    def predict_window(self, start_obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(start_obs, actions)
+
+    def loss(self, mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return dynamics_nll(mean, logvar, target, self.bounds.min_logvar, self.bounds.max_logvar)
+
+    def member_state_names(self) -> list[str]:
+        return []  # one model: its best parameters are kept whole
+
+    def after_fit(self, holdout_scores: torch.Tensor) -> None:
+        """Nothing to choose: ADM has no members."""
+
+    # -- roll-outs --------------------------------------------------------------------------------------
+
+    def predict_from_history(
+        self, observations: torch.Tensor, actions: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """From histories s_{..t} [B, L, obs] and a_{..t} [B, L, act] (aligned), the k-step prediction of
+        (s_{t+1}, r_t): absolute next-state mean and log-variance [B, obs + 1]."""
+        start = observations[:, -k]
+        mean, logvar = self(start, actions[:, -k:])
+        return torch.cat([mean[:, :-1] + start, mean[:, -1:]], -1), logvar
+
+    def predict_every_k(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """predict_from_history for every k in 1..L at once: one GRU pass over the L windows, right-padded and
+        packed. observations, actions [B, L, *] -> absolute means, log-variances [L, B, obs + 1] (row k-1: k)."""
+        batch, length = observations.shape[:2]
+        device = observations.device
+        k = torch.arange(1, length + 1, device=device)
+        starts = observations[:, length - k].transpose(0, 1)  # [K, B, obs]: s_{t-k+1}
+        positions = ((length - k)[:, None] + torch.arange(length, device=device)).clamp_max(length - 1)  # [K, L]
+        window_actions = actions[:, positions].transpose(0, 1)  # [K, B, L, act]; steps past k are padding
+        x = torch.cat(
+            [self.obs_normalizer(starts)[:, :, None].expand(-1, -1, length, -1), self.action_normalizer(window_actions)], -1
+        )
+        lengths = torch.arange(1, length + 1).repeat_interleave(batch)  # host tensor, as packing requires
+        packed = nn.utils.rnn.pack_padded_sequence(x.flatten(0, 1), lengths, batch_first=True, enforce_sorted=False)
+        _, last_hidden = self.gru(packed)  # the top layer's state after each window's own last step
+        mean, logvar = self.head(last_hidden[-1]).view(length, batch, -1).chunk(2, -1)
+        return torch.cat([mean[..., :-1] + starts, mean[..., -1:]], -1), self.bounds(logvar)
+
+    def rollout_step(
+        self, observations: torch.Tensor, actions: torch.Tensor, penalized: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """k ~ U{1..min(history, m)} picks the prediction to sample. The penalty needs every k's prediction; an
+        unpenalised roll-out (ADMPO-ON) predicts only the drawn k, as the official code does."""
+        k = int(torch.randint(observations.shape[1], ())) + 1
+        if not penalized:
+            mean, logvar = self.predict_from_history(observations, actions, k)
+            return mean, logvar, None
+        means, logvars = self.predict_every_k(observations, actions)
+        penalty = any_step_penalty(means[..., :-1], logvars[..., :-1], self.penalty_form)
+        return means[k - 1], logvars[k - 1], penalty
