@@ -45,6 +45,8 @@ def fitted(config: Path, updates: int, seed: int, extra: list[str]):
 @torch.no_grad()
 def candidate_statistics(model, transitions, states: int = 10000) -> dict:
     """On `states` dataset transitions drawn uniformly (seed 0)."""
+    from offrl.algos.value_policy import sfbc_action
+
     generator_state = torch.get_rng_state()
     torch.manual_seed(0)
     transitions = transitions[torch.randperm(transitions.batch_size[0])[:states]]
@@ -55,7 +57,7 @@ def candidate_statistics(model, transitions, states: int = 10000) -> dict:
     n = model.hparams.sfbc_num_samples
     noise = torch.randn(mean.shape[0], n, mean.shape[1])
     candidates = model.clip_action(mean[:, None] + log_std.exp()[:, None] * noise)
-    chosen = model.sfbc_action(obs, None)
+    chosen = sfbc_action(model, obs, None)
     torch.set_rng_state(generator_state)
 
     def on_bounds(actions):

@@ -115,13 +115,13 @@ def test_value_and_policy_train_on_their_own_prefix_of_episodes(in_tmp_dir):
     model = ValuePolicy("iql", "ddpgbc", hidden_dims=[8], value_data_fraction=0.1, policy_data_fraction=0.5)
     fit = trainer(max_steps=1)
     fit.fit(model, datamodule)
-    value_batch, policy_batch = model.training_batches(datamodule.sample(512))
+    value_batch = model.prepare_batch(datamodule.sample(512))
     assert set(value_batch["observation"][:, 0].tolist()) == {0.0, 1.0}
-    assert set(policy_batch["observation"][:, 0].tolist()) == set(map(float, range(10)))
+    assert set(value_batch["policy", "observation"][:, 0].tolist()) == set(map(float, range(10)))
     full = ValuePolicy("iql", "ddpgbc", hidden_dims=[8])
     trainer(max_steps=1).fit(full, datamodule)
     batch = datamodule.sample(8)
-    assert full.training_batches(batch) == (batch, None)
+    assert full.prepare_batch(batch) is batch
 
 
 def test_data_fractions_must_lie_in_the_unit_interval():

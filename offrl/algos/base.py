@@ -145,6 +145,11 @@ class OfflineAlgorithm(L.LightningModule):
         """Every loss of one update, from the current parameters; they are summed and back-propagated once."""
         raise NotImplementedError
 
+    def prepare_batch(self, batch: TensorDict) -> TensorDict:
+        """The batch `update` trains on, made from the DataModule's, outside the (compilable) update; e.g. extra
+        batches drawn from parts of the data."""
+        return batch
+
     def after_optimizer_step(self) -> None:
         """Work after every optimiser has stepped, inside the update (e.g. Polyak averaging of target networks)."""
 
@@ -195,7 +200,7 @@ class OfflineAlgorithm(L.LightningModule):
         for one_batch in batch if isinstance(batch, list) else [batch]:
             if self.global_step >= self.trainer.max_steps > 0:
                 break
-            losses = self.update_fn()(one_batch)
+            losses = self.update_fn()(self.prepare_batch(one_batch))
             self._count_update()
             schedulers = self.lr_schedulers()
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:

@@ -1,13 +1,8 @@
 """Value learning x policy extraction (Park et al., "Is Value Learning Really the Main Bottleneck in Offline RL?",
 arXiv 2406.09329). No official code exists; OGBench's agents by the same author (gciql, crl) are followed.
 
-Value objectives (`value`):
-- "sarsa": in-sample Q(s, a) <- r + gamma * Qbar(s', a'), a' the dataset's next action (the behaviour's Q).
-- "iql": V by expectile regression on Qbar(s, a); Q(s, a) <- r + gamma * V(s').
-- "crl": contrastive critic f(s, a, g) = phi(s, a)^T psi(g) / sqrt(d), binary NCE over the batch's goals.
-  Goal tasks only.
-- "td3": off-policy Q(s, a) <- r + gamma * min Qbar(s', a'), a' = the target actor's action plus clipped noise
-  (TD3's target policy smoothing; with extraction "ddpgbc" and a deterministic actor this is TD3+BC).
+Value objectives (`value`): "sarsa", "iql", "crl" (goal tasks only), "td3"; one class each in
+offrl.algos.value_objectives.
 Policy extraction (`extraction`):
 - "awr": maximise exp(temperature * A(s, a)) * log pi(a | s) on dataset actions, A = Q - V.
 - "ddpgbc": maximise Q(s, pi(s)) / sg(mean |Q|) minus alpha times a BC term (-log pi(a | s), or ||pi(s) - a||^2
@@ -23,8 +18,8 @@ OGBench's gc_negative convention, r = 0 when the goal is reached (the next state
 with the bootstrap cut at the goal. Reward tasks use the dataset's reward and terminations.
 
 All losses are computed from the same parameters and back-propagated once (OGBench's single update), then the
-critic, value and actor optimisers step and the target critic follows by Polyak averaging. With value "td3" the
-actor and both targets update only every `td3_policy_delay` updates, as TD3 and TD3+BC do.
+critic, value and actor optimisers step and the target networks follow by Polyak averaging. The value objective
+sets how often the actor and the targets update (TD3: every `td3_policy_delay` updates, as TD3 and TD3+BC do).
 
 Reward tasks can take IQL's reward normalisation (`reward_normalization: return_range`: rewards times
 1000 / (max - min episode return), as the IQL paper's and CORL's MuJoCo runs) and IQL's cosine decay of the actor
@@ -42,56 +37,16 @@ from tensordict import TensorDict
 from torch import nn
 
 from offrl.algos.base import OfflineAlgorithm, check_td_settings, cosine_decay
-from offrl.dataset_info import DatasetInfo
+from offrl.algos.value_objectives import VALUE_OBJECTIVES
 from offrl.data.returns import return_range_factor
+from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
-from offrl.nn.ensemble import ensemble_mlp
 from offrl.nn.mlp import GaussianMLP, Normalizer, frozen, joined, mlp
 from offrl.objectives.bc import gaussian_nll, mse
 from offrl.objectives.extraction import awr_loss, ddpgbc_loss, sfbc_select
-from offrl.objectives.value import (
-    contrastive_critic_loss,
-    contrastive_critic_value,
-    iql_q_loss,
-    iql_value_loss,
-    polyak_update,
-    sarsa_q_loss,
-    smoothed_target_action,
-)
 
-VALUE_OBJECTIVES = ("sarsa", "iql", "crl", "td3")
-EXTRACTIONS = ("awr", "ddpgbc", "sfbc")
 ACTOR_KINDS = ("gaussian", "deterministic")
 REWARD_NORMALIZATIONS = ("none", "return_range")
-NUM_CRITICS = 2
-
-
-class ContrastiveCritic(nn.Module):
-    """f(x, g) = phi(x)^T psi(g) / sqrt(d) for an ensemble of encoder pairs; x is (s, a) for Q, s alone for V."""
-
-    def __init__(self, num_members: int, in_dim: int, goal_dim: int, hidden_dims: Sequence[int], repr_dim: int, layer_norm: bool):
-        super().__init__()
-        self.phi = ensemble_mlp(num_members, in_dim, hidden_dims, repr_dim, layer_norm)
-        self.psi = ensemble_mlp(num_members, goal_dim, hidden_dims, repr_dim, layer_norm)
-
-    def representations(self, x: torch.Tensor, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """phi(x), psi(g): [E, B, d] each."""
-        return self.phi(x), self.psi(goal)
-
-    def forward(self, x: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-        """Matched-pair values [E, B]."""
-        return contrastive_critic_value(*self.representations(x, goal))
-
-
-def next_actions(transitions: TensorDict) -> torch.Tensor:
-    """a' for every transition: the episode's next action, or the same action on an episode's last step.
-
-    After a termination a' is never bootstrapped from; after a time-limit truncation the true a' was not recorded
-    and the last action stands in for it.
-    """
-    index = torch.arange(transitions.batch_size[0])
-    following = torch.where(index < transitions["episode_last"], index + 1, index)
-    return transitions["action"][following]
 
 
 def episode_prefix_size(transitions: TensorDict, fraction: float) -> int:
@@ -168,9 +123,9 @@ class ValuePolicy(OfflineAlgorithm):
         """
         super().__init__()
         if value not in VALUE_OBJECTIVES:
-            raise OffrlError(f"model.value must be one of {VALUE_OBJECTIVES}, got {value!r}")
+            raise OffrlError(f"model.value must be one of {tuple(VALUE_OBJECTIVES)}, got {value!r}")
         if extraction not in EXTRACTIONS:
-            raise OffrlError(f"model.extraction must be one of {EXTRACTIONS}, got {extraction!r}")
+            raise OffrlError(f"model.extraction must be one of {tuple(EXTRACTIONS)}, got {extraction!r}")
         if actor not in ACTOR_KINDS:
             raise OffrlError(f"model.actor must be one of {ACTOR_KINDS}, got {actor!r}")
         if actor == "deterministic" and extraction != "ddpgbc":
@@ -192,6 +147,7 @@ class ValuePolicy(OfflineAlgorithm):
         if actor_cosine_steps is not None and actor_cosine_steps < 1:
             raise OffrlError(f"model.actor_cosine_steps must be a positive integer or null, got {actor_cosine_steps}")
         self.save_hyperparameters()
+        self.value_objective = VALUE_OBJECTIVES[value](self.hparams)
 
     @property
     def algorithm_name(self) -> str:
@@ -205,7 +161,7 @@ class ValuePolicy(OfflineAlgorithm):
     # -- networks ----------------------------------------------------------------------------------------
 
     def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
-        hp = self.hparams
+        hp, objective = self.hparams, self.value_objective
         goal_dim = self.goal_dim()
         if hp.value == "crl" and not goal_dim:
             raise OffrlError("model.value crl is goal-conditioned only: use a HindsightDataModule on a goal dataset")
@@ -218,13 +174,10 @@ class ValuePolicy(OfflineAlgorithm):
             if goal_dim:
                 self.goal_normalizer.fit(transitions[self.datamodule.goal_key])
 
-        if hp.value == "crl":
-            self.critic = ContrastiveCritic(NUM_CRITICS, obs_dim + action_dim, goal_dim, hidden, hp.repr_dim, hp.layer_norm)
-        else:
-            self.critic = ensemble_mlp(NUM_CRITICS, obs_dim + goal_dim + action_dim, hidden, 1, hp.layer_norm)
-            self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        if hp.value == "sarsa":
-            transitions["next", "action"] = next_actions(transitions)
+        self.critic, target_critic = objective.build_critic(obs_dim, goal_dim, action_dim, hidden)
+        if target_critic is not None:
+            self.target_critic = target_critic
+        objective.prepare(transitions)
         reward_factor = hp.reward_scale
         if hp.reward_normalization == "return_range" and not goal_dim:
             reward_factor *= return_range_factor(transitions)
@@ -232,12 +185,7 @@ class ValuePolicy(OfflineAlgorithm):
         self.value_data_size = episode_prefix_size(transitions, hp.value_data_fraction)
         self.policy_data_size = episode_prefix_size(transitions, hp.policy_data_fraction)
 
-        self.value_net = None
-        if self.needs_state_value:
-            if hp.value == "crl":
-                self.value_net = ContrastiveCritic(1, obs_dim, goal_dim, hidden, hp.repr_dim, hp.layer_norm)
-            else:
-                self.value_net = mlp(obs_dim + goal_dim, hidden, 1, hp.layer_norm)
+        self.value_net = objective.build_value(obs_dim, goal_dim, hidden) if self.needs_state_value else None
 
         if hp.actor == "gaussian":
             self.actor = GaussianMLP(obs_dim + goal_dim, hidden, action_dim, hp.layer_norm)
@@ -260,9 +208,7 @@ class ValuePolicy(OfflineAlgorithm):
 
     def q_values(self, critic: nn.Module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
         """Q(s, a[, g]) of every ensemble member: [E, B]."""
-        if self.hparams.value == "crl":
-            return critic(joined(obs, action), goal)
-        return critic(joined(obs, goal, action)).squeeze(-1)
+        return self.value_objective.q_values(critic, obs, goal, action)
 
     def q_value(self, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
         """min over the twin critics: [B]."""
@@ -274,9 +220,7 @@ class ValuePolicy(OfflineAlgorithm):
 
     def state_value(self, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
         """V(s[, g]): [B]."""
-        if self.hparams.value == "crl":
-            return self.value_net(obs, goal).squeeze(0)
-        return self.value_net(joined(obs, goal)).squeeze(-1)
+        return self.value_objective.state_value(self.value_net, obs, goal)
 
     def reward_and_termination(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.get("goal") is not None:
@@ -298,112 +242,96 @@ class ValuePolicy(OfflineAlgorithm):
         unit = torch.tanh(actor(actor_input))
         return self.action_low + (unit + 1.0) * 0.5 * (self.action_high - self.action_low)
 
-    def sfbc_action(self, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
-        """argmax-Q among N actions sampled from the BC policy."""
-        num_samples = self.hparams.sfbc_num_samples
-        mean, log_std = self.actor(joined(obs, goal))
-        noise = torch.randn(mean.shape[0], num_samples, mean.shape[1], device=mean.device)
-        candidates = self.clip_action(mean.unsqueeze(1) + log_std.exp().unsqueeze(1) * noise)  # [B, N, A]
-        repeated_goal = None if goal is None else goal.repeat_interleave(num_samples, 0)
-        q = self.q_value(obs.repeat_interleave(num_samples, 0), repeated_goal, candidates.flatten(0, 1))
-        return sfbc_select(candidates, q.view(-1, num_samples))
-
     def normalized_inputs(self, observation: torch.Tensor, goal: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.observation_normalizer(observation), None if goal is None else self.goal_normalizer(goal)
 
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         obs, goal = self.normalized_inputs(observation, goal)
         if self.hparams.extraction == "sfbc":
-            return self.sfbc_action(obs, goal)
+            return sfbc_action(self, obs, goal)
         return self.policy_action(joined(obs, goal))
 
     # -- training ----------------------------------------------------------------------------------------
 
+    def prepare_batch(self, batch: TensorDict) -> TensorDict:
+        """With value/policy data fractions, the critic and the actor each train on a batch of their own share of
+        the data: the value batch, with the policy batch under "policy" (drawn here, outside the update)."""
+        if self.value_data_size == self.policy_data_size == len(self.datamodule.transitions):
+            return batch
+        sample = self.datamodule.sample
+        value_batch = sample(len(batch), self.value_data_size)
+        value_batch["policy"] = sample(len(batch), self.policy_data_size)
+        return value_batch
+
     def losses(self, batch: TensorDict) -> dict[str, torch.Tensor]:
-        """Every loss of one update, all from the current parameters; with value/policy data fractions the
-        critic and the actor each train on a batch of their own share of the data."""
-        batch, policy_batch = self.training_batches(batch)
+        """Every loss of one update, all from the current parameters."""
+        objective = self.value_objective
         obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
-        losses = {"critic_loss": self.critic_loss(batch, obs, goal)}
+        losses = {"critic_loss": objective.critic_loss(self, batch, obs, goal)}
         if self.value_net is not None:
-            losses["value_loss"] = self.value_loss(obs, goal, batch["action"])
+            losses["value_loss"] = objective.value_loss(self, obs, goal, batch["action"])
         if not self.policy_step():
             return losses
-        if policy_batch is not None:
-            batch = policy_batch
+        if "policy" in batch.keys():
+            batch = batch["policy"]
             obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
-        losses["actor_loss"] = self.actor_loss(obs, goal, batch["action"])
+        losses["actor_loss"] = EXTRACTIONS[self.hparams.extraction](self, obs, goal, batch["action"])
         return losses
 
     def policy_step(self) -> bool:
         """Whether this update trains the actor (and moves the targets): always, except between TD3's delayed ones."""
-        delay = self.hparams.td3_policy_delay if self.hparams.value == "td3" else 1
-        return (self.global_step + 1) % delay == 0  # TD3 counts its iterations from 1
+        return (self.global_step + 1) % self.value_objective.policy_delay() == 0  # TD3 counts its iterations from 1
 
     def update_variant(self) -> bool:
         return self.policy_step()  # one update graph with the actor's loss, one without
 
-    def critic_loss(self, batch: TensorDict, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
-        hp, action = self.hparams, batch["action"]
-        if hp.value == "crl":
-            return contrastive_critic_loss(*self.critic.representations(joined(obs, action), goal))
-        next_obs = self.observation_normalizer(batch["next", "observation"])
-        reward, terminated = self.reward_and_termination(batch)
-        q = self.q_values(self.critic, obs, goal, action)
-        if hp.value == "iql":
-            return iql_q_loss(q, reward, hp.discount, terminated, self.state_value(next_obs, goal))
-        with torch.no_grad():
-            if hp.value == "td3":
-                next_action = smoothed_target_action(
-                    self.policy_action(joined(next_obs, goal), self.target_actor),
-                    hp.target_noise, hp.target_noise_clip, self.action_low, self.action_high,
-                )
-            else:
-                next_action = batch["next", "action"]
-            q_next = self.q_values(self.target_critic, next_obs, goal, next_action)
-        return sarsa_q_loss(q, reward, hp.discount, terminated, q_next)
-
-    def value_loss(self, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
-        if self.hparams.value == "crl":
-            return contrastive_critic_loss(*self.value_net.representations(obs, goal))
-        with torch.no_grad():
-            q_target = self.q_values(self.target_critic, obs, goal, action)
-        expectile = self.hparams.expectile if self.hparams.value == "iql" else 0.5
-        return iql_value_loss(self.state_value(obs, goal), q_target, expectile)
-
-    def actor_loss(self, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
-        hp, actor_input = self.hparams, joined(obs, goal)
-        if hp.extraction == "sfbc":
-            return gaussian_nll(*self.actor(actor_input), action)
-        if hp.extraction == "awr":
-            mean, log_std = self.actor(actor_input)
-            log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(action).sum(-1)
-            with torch.no_grad():
-                advantage = self.q_value(obs, goal, action) - self.state_value(obs, goal)
-            return awr_loss(log_prob, advantage, hp.awr_temperature, hp.awr_max_weight)
-        if hp.actor == "gaussian":
-            mean, log_std = self.actor(actor_input)
-            policy_action, bc_term = self.clip_action(mean), gaussian_nll(mean, log_std, action)
-        else:
-            policy_action = self.policy_action(actor_input)
-            bc_term = mse(policy_action, action)
-        with frozen(self.critic):
-            q_pi = self.q_values(self.critic, obs, goal, policy_action)
-        # TD3 (and TD3+BC) ascend the first critic; the others the twins' minimum.
-        q_pi = q_pi[0] if hp.value == "td3" else q_pi.min(0).values
-        return ddpgbc_loss(q_pi, bc_term, hp.ddpgbc_alpha, hp.normalize_q)
-
-    def training_batches(self, batch: TensorDict) -> tuple[TensorDict, TensorDict | None]:
-        """(value batch, policy batch or None when the actor trains on the same one)."""
-        if self.value_data_size == self.policy_data_size == len(self.datamodule.transitions):
-            return batch, None
-        sample = self.datamodule.sample
-        return sample(len(batch), self.value_data_size), sample(len(batch), self.policy_data_size)
-
     def after_optimizer_step(self) -> None:
-        if not self.policy_step():
-            return
-        if self.hparams.value != "crl":
-            polyak_update(self.target_critic.parameters(), self.critic.parameters(), self.hparams.tau)
-        if self.hparams.value == "td3":
-            polyak_update(self.target_actor.parameters(), self.actor.parameters(), self.hparams.tau)
+        if self.policy_step():
+            self.value_objective.update_targets(self)
+
+
+# -- policy extraction: the actor's loss of each method, and SfBC's action ------------------------------------
+
+
+def awr_actor_loss(module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+    """Advantage-weighted regression: maximise exp(temperature * (Q - V)) log pi(a | s) on dataset actions."""
+    hp = module.hparams
+    mean, log_std = module.actor(joined(obs, goal))
+    log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(action).sum(-1)
+    with torch.no_grad():
+        advantage = module.q_value(obs, goal, action) - module.state_value(obs, goal)
+    return awr_loss(log_prob, advantage, hp.awr_temperature, hp.awr_max_weight)
+
+
+def ddpgbc_actor_loss(module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+    """DDPG+BC: maximise Q(s, pi(s)) / sg(mean |Q|) minus alpha times a BC term (the Gaussian's -log pi(a | s), or
+    a deterministic actor's ||pi(s) - a||^2), through a frozen critic."""
+    hp, actor_input = module.hparams, joined(obs, goal)
+    if hp.actor == "gaussian":
+        mean, log_std = module.actor(actor_input)
+        policy_action, bc_term = module.clip_action(mean), gaussian_nll(mean, log_std, action)
+    else:
+        policy_action = module.policy_action(actor_input)
+        bc_term = mse(policy_action, action)
+    with frozen(module.critic):
+        q_pi = module.q_values(module.critic, obs, goal, policy_action)
+    return ddpgbc_loss(module.value_objective.actor_q(q_pi), bc_term, hp.ddpgbc_alpha, hp.normalize_q)
+
+
+def sfbc_actor_loss(module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+    """SfBC trains its behaviour policy by BC; the critic acts only at act time (sfbc_action)."""
+    return gaussian_nll(*module.actor(joined(obs, goal)), action)
+
+
+def sfbc_action(module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+    """argmax-Q among N actions sampled from the BC policy."""
+    num_samples = module.hparams.sfbc_num_samples
+    mean, log_std = module.actor(joined(obs, goal))
+    noise = torch.randn(mean.shape[0], num_samples, mean.shape[1], device=mean.device)
+    candidates = module.clip_action(mean.unsqueeze(1) + log_std.exp().unsqueeze(1) * noise)  # [B, N, A]
+    repeated_goal = None if goal is None else goal.repeat_interleave(num_samples, 0)
+    q = module.q_value(obs.repeat_interleave(num_samples, 0), repeated_goal, candidates.flatten(0, 1))
+    return sfbc_select(candidates, q.view(-1, num_samples))
+
+
+EXTRACTIONS = {"awr": awr_actor_loss, "ddpgbc": ddpgbc_actor_loss, "sfbc": sfbc_actor_loss}
