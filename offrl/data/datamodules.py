@@ -192,25 +192,21 @@ class HindsightDataModule(TransitionDataModule):
     def __init__(
         self,
         dataset_id: str,
-        batch_size: int = 256,
-        steps_per_epoch: int = 5000,
-        seed: int = 0,
-        env_id: str | None = None,
-        generate_steps: int | None = None,
-        generate_episodes: int | None = None,
         future_goal_prob: float = 1.0,
         random_goal_prob: float = 0.0,
         current_goal_prob: float = 0.0,
         geometric_discount: float | None = None,
+        **kwargs: Any,
     ):
         """
         Args:
+            dataset_id, **kwargs: TransitionDataModule's (batch_size, steps_per_epoch, seed, env_id, generate_*).
             future_goal_prob: share of goals drawn from the future of the same episode.
             random_goal_prob: share drawn from any state of the dataset.
             current_goal_prob: share equal to the next state itself.
             geometric_discount: draw future goals at offset ~ Geometric(1 - discount) instead of uniformly.
         """
-        super().__init__(dataset_id, batch_size, steps_per_epoch, seed, env_id, generate_steps, generate_episodes)
+        super().__init__(dataset_id, **kwargs)
         probs = (future_goal_prob, random_goal_prob, current_goal_prob)
         if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
             raise OffrlError(
@@ -282,29 +278,18 @@ class SkipStepDataModule(HindsightDataModule):
     def __init__(
         self,
         dataset_id: str,
-        batch_size: int = 256,
-        steps_per_epoch: int = 5000,
-        seed: int = 0,
-        env_id: str | None = None,
-        generate_steps: int | None = None,
-        generate_episodes: int | None = None,
-        future_goal_prob: float = 1.0,
-        random_goal_prob: float = 0.0,
-        current_goal_prob: float = 0.0,
-        geometric_discount: float | None = None,
         scales: Sequence[int] = (32,),
         rtg_horizon: int | None = None,
+        **kwargs: Any,
     ):
         """
         Args:
+            dataset_id, **kwargs: HindsightDataModule's (goal relabelling) and TransitionDataModule's.
             scales: skip steps k of the planner's levels, strictly increasing (depth = len(scales)).
             rtg_horizon: H of the average return-to-go on reward datasets; default the evaluation env's
                 time limit, else the longest episode of the dataset.
         """
-        super().__init__(
-            dataset_id, batch_size, steps_per_epoch, seed, env_id, generate_steps, generate_episodes,
-            future_goal_prob, random_goal_prob, current_goal_prob, geometric_discount,
-        )
+        super().__init__(dataset_id, **kwargs)
         scales = [int(k) for k in scales]
         if not scales or min(scales) < 1 or any(b <= a for a, b in pairwise(scales)):
             raise OffrlError(f"data.scales must be a non-empty list of strictly increasing positive integers, got {scales}")
