@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -278,8 +280,32 @@ def path_fault(err: BaseException) -> str | None:
     return None
 
 
+# Messages every run printed that a user can do nothing about, each with why it does not apply to offrl.
+KNOWN_NOISE = (
+    (r"`author_email` is set to None", "Minari asks dataset authors for an e-mail; offrl's generated datasets name their recipe"),
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", "Lightning 2.6's pytree helper under torch 2.13, not offrl code"),
+    (r"Your `IterableDataset` has `__len__` defined", "offrl's step loader runs without workers, so its length is exact"),
+    (r"Using ModelCheckpoint with manual optimization", "offrl's update steps the optimisers itself; a checkpoint holds the state after an update, which resumes exactly"),
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", "Lightning compares trainer steps with log_every_n_steps, which offrl counts in updates"),
+)
+
+
+class DropLightningTips(logging.Filter):
+    """Lightning's advertisement for its cloud logger, printed at every fit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def silence_known_noise() -> None:
+    for message, _why in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(DropLightningTips())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    silence_known_noise()
     try:
         if args and args[0] == "data":
             data_main(args[1:])

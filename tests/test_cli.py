@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,33 @@ def test_ddp_with_two_cpu_processes_runs_a_short_fit(dataset, tmp_path):
     run_dir = tmp_path / "logs" / "bc" / "cli-hopper" / "version_0"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert "eval/return" in scalars(run_dir)
+
+
+def test_a_run_prints_none_of_the_messages_a_user_can_do_nothing_about(dataset, tmp_path):
+    """Minari's author_email, Lightning's pytree deprecation, IterableDataset __len__, manual-optimisation
+    checkpoint code sample, log-interval warning and cloud-logger tip, gymnasium-robotics' Adroit notice: gone; the
+    run's own lines stay."""
+    from offrl.cli import KNOWN_NOISE
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"} | {"OMP_NUM_THREADS": "1"}
+    config = bc_config(tmp_path / "bc.yaml", dataset, log_every_n_steps=50)
+    result = subprocess.run(
+        [sys.executable, "-m", "offrl.cli", "fit", "--config", str(config), "--checkpoint.every_n_train_steps", "10"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for message, _ in KNOWN_NOISE:
+        assert not re.search(message, result.stderr), message
+    for text in ("litlogger", "were updated in v1.2.1", "saved_models"):
+        assert text not in result.stderr, text
+    assert "offrl: trained" in result.stdout
+
+
+def test_the_noise_filter_lets_other_warnings_through():
+    import warnings
+
+    from offrl.cli import silence_known_noise
+
+    silence_known_noise()
+    with pytest.warns(UserWarning, match="a warning offrl does not know"):
+        warnings.warn("a warning offrl does not know")

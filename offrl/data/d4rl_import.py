@@ -16,6 +16,7 @@ from offrl.data import minari_io
 from offrl.data.generators import GeneratedDataset
 from offrl.envs import d4rl_adroit
 from offrl.dataset_info import reference_scores
+from offrl.envs.robotics import robotics_envs
 from offrl.errors import OffrlError
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -158,9 +159,7 @@ def eval_env_spec(
     """The spec an imported dataset records for `env_id`: its kwargs updated by `env_kwargs`, its time limit
     replaced by `max_episode_steps`, and, for a dense AdroitHand* env unless `d4rl_rules` is off, D4RL's Adroit
     reward, pen ending and episode length (offrl.envs.d4rl_adroit)."""
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
+    robotics_envs()
     try:
         spec = gym.spec(env_id)
     except gym.error.Error as err:

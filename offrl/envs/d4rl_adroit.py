@@ -34,6 +34,7 @@ import mujoco
 import numpy as np
 from gymnasium.envs.registration import EnvSpec, WrapperSpec
 
+from offrl.envs.robotics import robotics_envs
 from offrl.errors import OffrlError
 
 # D4RL's time limits (its hand_manipulation_suite registers pen with 100 steps, the others with 200).
@@ -191,9 +192,7 @@ def d4rl_adroit_spec(env_id: str, max_episode_steps: int | None = None, env_kwar
     task = adroit_task(env_id)
     if task is None:
         raise OffrlError(f"{env_id!r} is not a dense AdroitHand{{Pen,Door,Hammer,Relocate}} env id, so D4RL's Adroit rules do not apply")
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
+    robotics_envs()
     spec = gym.spec(env_id)
     return dataclasses.replace(
         spec,

@@ -8,17 +8,12 @@ from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 from torchrl.envs.libs.gym import GymWrapper
 
 from offrl.dataset_info import DatasetInfo
+from offrl.envs.robotics import robotics_envs
 from offrl.errors import OffrlError
 
 
-def _register_robotics_envs() -> None:
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
-
-
 def _make_one(spec: EnvSpec) -> GymWrapper:
-    _register_robotics_envs()
+    robotics_envs()
     return GymWrapper(gym.make(spec))
 
 
@@ -32,7 +27,7 @@ def make_eval_env(info: DatasetInfo, num_envs: int, seed: int, parallel: bool = 
             f"dataset {info.dataset_id} recorded no environment, so it cannot be evaluated; "
             "pass --data.env_id GYM_ENV_ID, or train without evaluation with --trainer.limit_val_batches 0"
         )
-    _register_robotics_envs()
+    robotics_envs()
     try:
         gym.make(spec).close()  # fail here, in one sentence, rather than inside a worker
     except gym.error.Error as err:

@@ -14,12 +14,12 @@ and evaluation scores compare with published tables.
 from __future__ import annotations
 
 import gymnasium as gym
-import gymnasium_robotics
 import numpy as np
 
 from offrl.data.generators import GeneratedDataset, Progress, collect_episodes, return_summary
 from offrl.data.policies.dapg import load_dapg_policy
 from offrl.envs import d4rl_adroit
+from offrl.envs.robotics import robotics_envs
 from offrl.dataset_info import D4RL_REFERENCE_SCORES
 from offrl.errors import OffrlError
 from offrl.paths import policies_dir
@@ -41,7 +41,7 @@ def env_id(task: str) -> str:
 
 def make_env(task: str) -> gym.Env:
     """The task's v1 env under D4RL's rules (reward, pen's end on a drop, episode length)."""
-    gym.register_envs(gymnasium_robotics)
+    robotics_envs()
     return d4rl_adroit.make_d4rl_adroit(env_id(task), max_episode_steps=EPISODE_STEPS[task])
 
 
@@ -88,6 +88,6 @@ def generate(task: str, *, steps: int | None, episodes: int | None, seed: int, p
             **return_summary(complete_returns, ref_min, ref_max),
             "seed": seed,
             # The v1 envs' own rewards changed between releases; D4RLAdroit computes D4RL's whatever the release.
-            "gymnasium_robotics_version": gymnasium_robotics.__version__,
+            "gymnasium_robotics_version": robotics_envs().__version__,
         },
     )

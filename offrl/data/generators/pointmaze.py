@@ -25,16 +25,16 @@ from __future__ import annotations
 import dataclasses
 
 import gymnasium as gym
-import gymnasium_robotics
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
-from gymnasium_robotics.envs.maze.maze_v4 import Maze
 from minari.data_collector import EpisodeBuffer
 
 from offrl.data.generators import GeneratedDataset, Progress
 from offrl.dataset_info import reference_scores
+from offrl.envs.robotics import robotics_envs
 
-gym.register_envs(gymnasium_robotics)
+robotics_envs()  # before any gymnasium_robotics import: it prints a notice on first import
+from gymnasium_robotics.envs.maze.maze_v4 import Maze  # noqa: E402
 
 ENV_IDS = {"umaze": "PointMaze_UMaze-v3", "medium": "PointMaze_Medium-v3", "large": "PointMaze_Large-v3"}
 
