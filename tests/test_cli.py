@@ -141,3 +141,20 @@ def test_the_noise_filter_lets_other_warnings_through():
     silence_known_noise()
     with pytest.warns(UserWarning, match="a warning offrl does not know"):
         warnings.warn("a warning offrl does not know")
+
+
+def test_without_a_terminal_progress_comes_as_plain_lines_in_updates(dataset, in_tmp_dir, capsys):
+    """stdout is a pipe here, as in a log file: after the one duration estimate, a line per interval with the update,
+    max_steps, updates/s and the time left."""
+    from conftest import trainer
+
+    from offrl.algos.bc import BC
+    from offrl.callbacks.report import RunReport
+    from offrl.data.datamodules import TransitionDataModule
+
+    report = RunReport(estimate_after_seconds=0.0, estimate_after_updates=1, progress_every_seconds=0.0)
+    trainer(30, [report], evaluate=False).fit(BC(hidden_dims=[8]), TransitionDataModule(dataset, batch_size=8, steps_per_epoch=30))
+    out = capsys.readouterr().out
+    assert re.search(r"offrl: ≈ .* to trainer.max_steps 30 on cpu at [\d.]+ updates/s \(update 2 now\)", out)
+    steps = [int(m) for m in re.findall(r"offrl: update (\d+)/30 \(\d+ %\), [\d.]+ updates/s, ≈ .* left", out)]
+    assert steps == list(range(3, 31))

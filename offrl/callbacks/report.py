@@ -1,9 +1,11 @@
 """What a person running `offrl fit` sees without TensorBoard: one estimate of the run's duration from its first
-updates, one line per evaluation, and an end-of-run summary, printed and written to the run folder as summary.json."""
+updates, a progress line every minute when stdout is not a terminal (a log file has no progress bar), one line per
+evaluation, and an end-of-run summary, printed and written to the run folder as summary.json."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,14 +23,17 @@ def duration(seconds: float) -> str:
 
 
 class RunReport(L.Callback):
-    def __init__(self, estimate_after_seconds: float = 20.0, estimate_after_updates: int = 200):
+    def __init__(self, estimate_after_seconds: float = 20.0, estimate_after_updates: int = 200, progress_every_seconds: float = 60.0):
         """
         Args:
             estimate_after_seconds: print the duration estimate once this much training time has passed...
             estimate_after_updates: ...or this many updates were made, whichever comes first.
+            progress_every_seconds: seconds between two progress lines when stdout is not a terminal.
         """
         self.estimate_after_seconds = estimate_after_seconds
         self.estimate_after_updates = estimate_after_updates
+        self.progress_every_seconds = progress_every_seconds
+        self._last_line = 0.0
         self.evaluations: list[dict[str, float]] = []
         self._start: tuple[float, int] | None = None
         self._estimated = False
@@ -42,9 +47,18 @@ class RunReport(L.Callback):
             self._start = (now, step)
             return
         seconds, updates = now - self._start[0], step - self._start[1]
+        if self._estimated and now - self._last_line >= self.progress_every_seconds and not sys.stdout.isatty():
+            self._last_line = now
+            if trainer.is_global_zero and trainer.max_steps > 0 and updates:
+                rate = updates / seconds
+                print(
+                    f"offrl: update {step}/{trainer.max_steps} ({100 * step / trainer.max_steps:.0f} %), {rate:.1f} updates/s, "
+                    f"≈ {duration((trainer.max_steps - step) / rate)} left",
+                    flush=True,
+                )
         if self._estimated or (seconds < self.estimate_after_seconds and updates < self.estimate_after_updates):
             return
-        self._estimated = True
+        self._estimated, self._last_line = True, now
         rate = updates / seconds
         if trainer.is_global_zero and trainer.max_steps > 0:
             left = (trainer.max_steps - step) / rate
