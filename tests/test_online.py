@@ -285,3 +285,21 @@ def test_a_replay_buffer_refuses_a_checkpoint_it_cannot_hold():
     state = {"filled": 80, "num_envs": 2, "generator": None}
     with pytest.raises(OffrlError, match=r"data.num_envs=2 and a capacity of at least 160"):
         small.load_state_dict(state)
+
+
+def test_mbpo_runs_the_online_loop_with_the_ensemble(in_tmp_dir):
+    """MBPO (MOPO's ensemble online): model refits on the data so far and unpenalised roll-outs from its elites."""
+    from offrl.algos.mopo import MBPO
+    from offrl.models.ensemble import EnsembleModel
+
+    L.seed_everything(0)
+    model = MBPO(
+        dynamics_every=50, rollout_horizon=2, horizon_ramp_start=0, horizon_ramp_end=100, dynamics_hidden_dims=[16],
+        dynamics_members=3, dynamics_elites=2, dynamics_max_epochs=2, dynamics_updates_per_epoch=5, hidden_dims=[16],
+        model_rows=24, rollout_batch_size=16, retain_rounds=2,
+    )
+    datamodule = ReplayDataModule("Hopper-v5", batch_size=8, steps_per_epoch=120, capacity=1000)
+    trainer(120, [OnlineInteraction(warmup_steps=100, updates_per_env_step=1.0, seed=0)], evaluate=False).fit(model, datamodule)
+    assert isinstance(model.dynamics, EnsembleModel) and model.algorithm_name == "mbpo"
+    assert model.model_env_steps == 201 and 0 < model.model_buffer.size <= 2 * 16 * 2
+    assert "penalty" not in model.model_buffer.data.keys()
