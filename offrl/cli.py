@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -170,11 +171,49 @@ class OffrlCLI(LightningCLI):
             self.extra_config_file.unlink(missing_ok=True)
 
 
+HELP = """offrl: offline RL on Lightning, TorchRL and Minari.
+
+  offrl fit --config configs/<algorithm>/<dataset>.yaml [--section.key value ...]   train (resume: --ckpt_path last)
+  offrl test --config <run>/config.yaml --ckpt_path last                           evaluate a trained run
+  offrl data {list,info,generate,import-d4rl} ...                                   datasets (offrl data --help)
+
+Algorithms (model.class_path; one recipe per paper setting under configs/):
+  offrl.algos.bc.BC                         behaviour cloning
+  offrl.algos.value_policy.ValuePolicy      value (sarsa, iql, crl, td3) x extraction (awr, ddpgbc, sfbc); IQL, TD3+BC
+  offrl.algos.rsp.RSP                       recursive skip-step planning
+  offrl.algos.mopo.MOPO, .MBPO              model-based SAC with an MLP ensemble, offline / online
+  offrl.algos.admpo.ADMPOOffline, .ADMPOOnline   ADMPO-OFF / ADMPO-ON, the any-step dynamics model
+  offrl.algos.sac.SAC                       online SAC
+`offrl fit --model.help MOPO` (or a full class path) lists one algorithm's settings."""
+
+
+ALGORITHMS = {
+    name: f"offrl.algos.{module}.{name}"
+    for module, names in (("bc", ["BC"]), ("value_policy", ["ValuePolicy"]), ("rsp", ["RSP"]), ("mopo", ["MOPO", "MBPO"]),
+                          ("admpo", ["ADMPOOffline", "ADMPOOnline"]), ("sac", ["SAC"]))
+    for name in names
+}
+
+
+def with_full_class_paths(args: list[str]) -> list[str]:
+    """`--model.help MOPO` as `--model.help offrl.algos.mopo.MOPO` (jsonargparse takes only import paths there)."""
+    out = list(args)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--model.help" and out[i + 1] in ALGORITHMS:
+            out[i + 1] = ALGORITHMS[out[i + 1]]
+    return out
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """Keeps HELP's layout; the rest as jsonargparse formats it."""
+
+
 def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:
     """The CLI on `args`; with run=False it only builds the model, datamodule and trainer (for scripts)."""
     return OffrlCLI(
         OfflineAlgorithm,
         TransitionDataModule,
+        parser_kwargs={"prog": "offrl", "description": HELP, "formatter_class": HelpFormatter},
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
@@ -309,8 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args and args[0] == "data":
             data_main(args[1:])
+        elif argv is None:
+            sys.argv[1:] = with_full_class_paths(args)  # LightningCLI reads sys.argv when given no args
+            run_lightning(None)
         else:
-            run_lightning(argv)
+            run_lightning(with_full_class_paths(args))
     except Exception as err:
         found = user_error(err) or path_fault(err)
         if found is None:

@@ -158,3 +158,12 @@ def test_without_a_terminal_progress_comes_as_plain_lines_in_updates(dataset, in
     assert re.search(r"offrl: ≈ .* to trainer.max_steps 30 on cpu at [\d.]+ updates/s \(update 2 now\)", out)
     steps = [int(m) for m in re.findall(r"offrl: update (\d+)/30 \(\d+ %\), [\d.]+ updates/s, ≈ .* left", out)]
     assert steps == list(range(3, 31))
+
+
+def test_help_names_the_commands_and_algorithms_and_takes_short_algorithm_names(tmp_path):
+    top = offrl("--help", cwd=tmp_path)
+    assert top.returncode == 0
+    for text in ("offrl data {list,info,generate,import-d4rl}", "offrl.algos.mopo.MOPO", "offrl.algos.admpo.ADMPOOffline", "usage: offrl"):
+        assert text in top.stdout, text
+    one = offrl("fit", "--model.help", "MOPO", cwd=tmp_path)
+    assert one.returncode == 0 and "--model.dynamics_members" in one.stdout and "--model.max_window" not in one.stdout
