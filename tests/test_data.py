@@ -129,6 +129,27 @@ def test_unknown_dataset_id_suggests_close_ids():
         registry.load("hopper medium")
 
 
+def test_a_typo_of_a_known_remote_id_fails_at_once_without_a_download(monkeypatch):
+    """Offline, a download of a mistyped id retried for about a minute before failing; a close known id now
+    answers at once. An id close to nothing known still goes to Minari."""
+    import time
+
+    tried = []
+
+    def offline_download(dataset_id: str, download: bool):
+        tried.append(dataset_id)
+        raise OffrlError("offline")
+
+    monkeypatch.setattr(registry.minari_io, "load_minari", offline_download)
+    start = time.perf_counter()
+    with pytest.raises(OffrlError, match=r"did you mean D4RL/pointmaze/umaze-v2\b.*minari download D4RL/pointmaze/umaz-v2"):
+        registry.load("D4RL/pointmaze/umaz-v2")
+    assert tried == [] and time.perf_counter() - start < 5
+    with pytest.raises(OffrlError, match="offline"):
+        registry.load("someone/else/dataset-v0")
+    assert tried == ["someone/else/dataset-v0"]
+
+
 def test_existing_dataset_is_never_overwritten(flat_id):
     with pytest.raises(OffrlError, match="already exists"):
         write_synthetic(flat_id, [3])

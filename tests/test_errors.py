@@ -167,6 +167,9 @@ def test_faults_on_paths_and_bad_values_are_one_sentence_and_lose_nothing(datase
          "dataset id 'local/no-version' is not a Minari id; use namespace/name-vN, e.g. local/hopper/medium-v0"),
         (("data", "import-d4rl", str(hdf5), "--id", dataset, "--env", "Hopper-v5"),
          f"dataset {dataset} already exists at {store / dataset}; delete that folder to regenerate it"),
+        (("data", "import-d4rl", str(hdf5), "--id", "local/door/human-v0", "--env", "door-v0"),
+         "--env 'door-v0' is not a Gymnasium env that can be made here (Environment `door` doesn't exist.); did you mean "
+         "AdroitHandDoor-v1, AdroitHandDoorSparse-v1?"),
         (("fit", "--config", path, "--evaluation.num_envs", "0"),
          "evaluation.num_envs must be a positive integer, got 0; set trainer.limit_val_batches 0 to train without evaluating"),
         (("fit", "--config", goal_bc),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,19 @@ def parse_max_episode_steps(value: int | str | None) -> int | None:
     return steps
 
 
+def similar_env_ids(env_id: str, count: int = 3) -> list[str]:
+    """Registered env ids that look like `env_id`: those containing its name, newest version first
+    (door-v0 -> AdroitHandDoor-v1), then close spellings."""
+    def name_and_version(i: str) -> tuple[str, int]:
+        found = re.fullmatch(r"(.*)-v(\d+)", i)
+        return (found.group(1), -int(found.group(2))) if found else (i, 0)
+
+    name = name_and_version(env_id)[0].lower()
+    containing = [i for i in sorted(gym.registry, key=name_and_version) if name in i.lower() and i != env_id]
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=count, cutoff=0.7)
+    return list(dict.fromkeys(containing + close))[:count]
+
+
 def eval_env_spec(
     env_id: str, max_episode_steps: int | None = None, env_kwargs: dict[str, Any] | None = None, d4rl_rules: bool = True
 ) -> gym.envs.registration.EnvSpec:
@@ -163,7 +178,9 @@ def eval_env_spec(
     try:
         spec = gym.spec(env_id)
     except gym.error.Error as err:
-        raise OffrlError(f"--env {env_id!r} is not a Gymnasium env that can be made here ({err})") from None
+        close = similar_env_ids(env_id)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise OffrlError(f"--env {env_id!r} is not a Gymnasium env that can be made here ({err}){hint}") from None
     if d4rl_rules and d4rl_adroit.adroit_task(env_id) is not None:
         return d4rl_adroit.d4rl_adroit_spec(env_id, max_episode_steps, env_kwargs)
     return dataclasses.replace(

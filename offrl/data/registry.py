@@ -138,6 +138,15 @@ def load(
             generate(dataset_id, steps=generate_steps, episodes=generate_episodes, seed=seed)
         dataset = minari_io.load_minari(dataset_id, download=False)
     else:
+        if not exists and dataset_id not in PUBLIC_IDS:
+            # Probably a typo of a known id: say so now, not after a download's retries (a minute offline).
+            known = list(RECIPES) + local_ids() + list(PUBLIC_IDS)
+            close = difflib.get_close_matches(dataset_id, known, n=3, cutoff=0.85)
+            if close:
+                raise OffrlError(
+                    f"dataset {dataset_id!r} is not in the local store; did you mean {', '.join(close)}? "
+                    f"(if it is a remote Minari id, fetch it first with `minari download {dataset_id}`)"
+                )
         try:
             dataset = minari_io.load_minari(dataset_id, download=not exists)
         except OffrlError as err:
