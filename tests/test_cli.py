@@ -167,3 +167,26 @@ def test_help_names_the_commands_and_algorithms_and_takes_short_algorithm_names(
         assert text in top.stdout, text
     one = offrl("fit", "--model.help", "MOPO", cwd=tmp_path)
     assert one.returncode == 0 and "--model.dynamics_members" in one.stdout and "--model.max_window" not in one.stdout
+
+
+def test_offrl_test_measures_episodes_the_training_evaluations_never_saw(dataset, in_tmp_dir):
+    """`offrl test` evaluates on seed + 1 by default; with test_seed = seed it re-measures the training evaluation."""
+    import lightning as L
+
+    from conftest import trainer
+
+    from offrl.algos.bc import BC
+    from offrl.callbacks.evaluation import EvaluationCallback
+    from offrl.data.datamodules import TransitionDataModule
+
+    L.seed_everything(0)
+    model, data = BC(hidden_dims=[8]), TransitionDataModule(dataset, batch_size=8, steps_per_epoch=20)
+    fit = trainer(20, [EvaluationCallback(num_episodes=2, num_envs=2, seed=5)])
+    fit.fit(model, data)
+    trained = fit.callback_metrics["eval/return"].item()
+    returns = {}
+    for test_seed in (None, 5):
+        evaluation = EvaluationCallback(num_episodes=2, num_envs=2, seed=5, test_seed=test_seed)
+        (result,) = trainer(20, [evaluation]).test(model, data, verbose=False)
+        returns[test_seed] = result["eval/return"]
+    assert returns[5] == pytest.approx(trained, rel=1e-6) and returns[None] != pytest.approx(trained, rel=1e-3)

@@ -19,7 +19,13 @@ from offrl.errors import OffrlError
 
 class EvaluationCallback(L.Callback):
     def __init__(
-        self, num_episodes: int = 10, num_envs: int = 10, seed: int = 12345, success_threshold: float = 0.45, parallel: bool = False
+        self,
+        num_episodes: int = 10,
+        num_envs: int = 10,
+        seed: int = 12345,
+        success_threshold: float = 0.45,
+        parallel: bool = False,
+        test_seed: int | None = None,
     ):
         """
         Args:
@@ -29,6 +35,8 @@ class EvaluationCallback(L.Callback):
             success_threshold: goal distance that counts as success on goal tasks (PointMaze: 0.45).
             parallel: step each env in its own process (ParallelEnv) instead of one after the other in this one;
                 only for slow envs on free cores (benchmarks/eval_throughput.py).
+            test_seed: environment seed of `offrl test` (default seed + 1): episodes the evaluations during
+                training, which picked the checkpoint, never saw.
         """
         for name, value in (("num_episodes", num_episodes), ("num_envs", num_envs)):
             if value < 1:
@@ -38,6 +46,7 @@ class EvaluationCallback(L.Callback):
         self.seed = seed
         self.success_threshold = success_threshold
         self.parallel = parallel
+        self.test_seed = seed + 1 if test_seed is None else test_seed
         self.env = None
         self.evaluated_at = 0  # the update of the last evaluation during fit (none is due at 0)
 
@@ -48,7 +57,7 @@ class EvaluationCallback(L.Callback):
             info = trainer.datamodule.info
             if self.env is None:
                 self.env = make_eval_env(info, self.num_envs, self.seed, self.parallel)
-            self.env.set_seed(self.seed)
+            self.env.set_seed(self.test_seed if trainer.state.fn == "test" else self.seed)
             was_training = pl_module.training
             pl_module.eval()
             with improved_act(trainer, pl_module) as act:  # OPEX / TTT callbacks, when configured
