@@ -169,13 +169,27 @@ def budget_line(args) -> str:
     return f"{kind} ({', '.join(overrides)}; the rest as the configs): not comparable to the paper"
 
 
+def dataset_sizes(args) -> str:
+    """The local datasets as they are in the store (a smaller earlier `--steps` generation keeps its size)."""
+    import minari
+
+    sizes = []
+    for dataset in args.datasets:
+        try:
+            steps = f"{minari.load_dataset(dataset_id(dataset)).total_steps:,} transitions"
+        except Exception:  # not generated (a failed run): say so rather than guess
+            steps = "missing"
+        sizes.append(f"`{dataset_id(dataset)}` {steps}")
+    return ", ".join(sizes)
+
+
 def write_report(args, summary, results) -> None:
     lines = [
         "# ADMPO-OFF vs MOPO vs BC (D4RL-normalised score of the last evaluation, mean ± std over seeds)",
         "",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: {args.device}; seeds {args.seeds}; "
         f"{budget_line(args)}.",
-        f"- Datasets: local `offrl/mujoco/*` ({args.generate_steps or 'full 1M/2M'} steps); updates per fit: "
+        f"- Datasets: {dataset_sizes(args)}; updates per fit: "
         f"{args.max_steps or 'the configs (5M ADMPO/MOPO, 100k BC)'}; wall time {summary['seconds']:.0f}s with {args.jobs} jobs.",
         f"- Command: `python {' '.join(sys.argv)}`",
         "",

@@ -72,6 +72,8 @@ def _recipes() -> dict[str, Recipe]:
         # Same recipe without action noise / with much more: the two sides of the coverage-vs-optimality question.
         for variant in ("expert", "explore"):
             recipes[f"offrl/pointmaze/{maze}-{variant}-v0"] = Recipe(partial(_pointmaze, maze, variant), default_steps=1_000_000)
+        # The same recipe at a tenth of the size, under its own id (a quick run never shrinks the full dataset).
+        recipes[f"offrl/pointmaze/{maze}-100k-v0"] = Recipe(partial(_pointmaze, maze), default_steps=100_000)
     for env in MUJOCO_ENVS:
         for level in MUJOCO_LEVELS:
             # D4RL's medium-expert concatenates the 1M-step medium and expert sets.
