@@ -339,7 +339,9 @@ class DropLightningTips(logging.Filter):
 def silence_known_noise() -> None:
     for message, _why in KNOWN_NOISE:
         warnings.filterwarnings("ignore", message=message)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(DropLightningTips())
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, DropLightningTips) for f in logger.filters):  # main() may run many times in a process
+        logger.addFilter(DropLightningTips())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,6 +50,10 @@ def next_actions(transitions: TensorDict) -> torch.Tensor:
 class SARSA:
     """In-sample TD learning of the behaviour's Q (see the module docstring). `module` is the ValuePolicy."""
 
+    learns_state_value = False  # V is learned only when the extraction needs it (AWR's advantage)
+    has_target_actor = False
+    goals_only = False
+
     def __init__(self, hp):
         self.hp = hp
 
@@ -112,6 +116,8 @@ class SARSA:
 class IQL(SARSA):
     """Implicit Q-learning: V at the expectile of Qbar, Q toward r + gamma V(s')."""
 
+    learns_state_value = True
+
     def prepare(self, transitions: TensorDict) -> None:
         """IQL never reads a'."""
 
@@ -128,6 +134,8 @@ class IQL(SARSA):
 
 class TD3(SARSA):
     """Off-policy Q with target policy smoothing, delayed actor and target updates."""
+
+    has_target_actor = True
 
     def prepare(self, transitions: TensorDict) -> None:
         """a' comes from the target actor, not the data."""
@@ -169,6 +177,8 @@ class ContrastiveCritic(nn.Module):
 
 class CRL(SARSA):
     """Contrastive RL: no TD target, no target network; V (for AWR) is a contrastive critic of s alone."""
+
+    goals_only = True
 
     def build_critic(self, obs_dim: int, goal_dim: int, action_dim: int, hidden: Sequence[int]) -> tuple[nn.Module, nn.Module | None]:
         hp = self.hp

@@ -156,14 +156,14 @@ class ValuePolicy(OfflineAlgorithm):
     @property
     def needs_state_value(self) -> bool:
         """IQL always learns V; the others need it only for AWR's advantage."""
-        return self.hparams.value == "iql" or self.hparams.extraction == "awr"
+        return self.value_objective.learns_state_value or self.hparams.extraction == "awr"
 
     # -- networks ----------------------------------------------------------------------------------------
 
     def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
         hp, objective = self.hparams, self.value_objective
         goal_dim = self.goal_dim()
-        if hp.value == "crl" and not goal_dim:
+        if objective.goals_only and not goal_dim:
             raise OffrlError("model.value crl is goal-conditioned only: use a HindsightDataModule on a goal dataset")
         obs_dim, action_dim, hidden = info.observation_dim, info.action_dim, list(hp.hidden_dims)
 
@@ -192,7 +192,7 @@ class ValuePolicy(OfflineAlgorithm):
             self.actor.log_std.requires_grad_(hp.learned_std or hp.extraction == "sfbc")
         else:
             self.actor = mlp(obs_dim + goal_dim, hidden, action_dim, hp.layer_norm)
-        if hp.value == "td3":
+        if objective.has_target_actor:
             self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.register_buffer("action_low", torch.tensor(info.action_low, dtype=torch.float32))
         self.register_buffer("action_high", torch.tensor(info.action_high, dtype=torch.float32))

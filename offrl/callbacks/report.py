@@ -34,12 +34,14 @@ class RunReport(L.Callback):
         self.estimate_after_updates = estimate_after_updates
         self.progress_every_seconds = progress_every_seconds
         self._last_line = 0.0
+        self._plain = False  # set at on_train_start
         self.evaluations: list[dict[str, float]] = []
         self._start: tuple[float, int] | None = None
         self._estimated = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start, self._estimated = None, False
+        self._plain = not sys.stdout.isatty()  # a log file gets progress lines instead of a bar
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now, step = time.perf_counter(), trainer.global_step
@@ -47,7 +49,7 @@ class RunReport(L.Callback):
             self._start = (now, step)
             return
         seconds, updates = now - self._start[0], step - self._start[1]
-        if self._estimated and now - self._last_line >= self.progress_every_seconds and not sys.stdout.isatty():
+        if self._estimated and self._plain and now - self._last_line >= self.progress_every_seconds:
             self._last_line = now
             if trainer.is_global_zero and trainer.max_steps > 0 and updates:
                 rate = updates / seconds

@@ -100,7 +100,7 @@ def fit_dynamics(model: DynamicsModel, transitions: TensorDict, settings: FitSet
     train_starts, holdout_starts = split_windows(transitions, model.max_window, settings)
     updates = settings.updates_per_epoch or max(len(train_starts[0]) // settings.batch_size, 1) * model.max_window
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    best_errors = None  # the best hold-out score so far: [1], or [E] per member
+    best_errors = torch.tensor([float("inf")])  # the best hold-out score so far; broadcasts to [E] for an ensemble
     best_state, since_best, history = copy.deepcopy(model.state_dict()), 0, []
     model.train()
     epochs = tqdm(desc="fitting the dynamics model", unit="epoch", disable=not progress, dynamic_ncols=True)
@@ -108,7 +108,6 @@ def fit_dynamics(model: DynamicsModel, transitions: TensorDict, settings: FitSet
         fit_epoch(model, transitions, train_starts, updates, settings.batch_size, optimizer)
         errors = holdout_errors(model, transitions, holdout_starts).cpu()  # one sync per epoch
         history.append(errors.mean().item())
-        best_errors = torch.full_like(errors, float("inf")) if best_errors is None else best_errors
         improved = errors < best_errors * (1.0 - settings.improvement)
         if improved.any():
             best_errors = torch.where(improved, errors, best_errors)
