@@ -8,7 +8,7 @@ paper's default) and depth 2 (scales [16, 32]), PointMaze sizes (4-dim observati
 Reported: mean, median and p99 wall-clock milliseconds, eager, and `cpu_mean_ms`, this process's CPU time per
 call (on a shared, loaded CPU the wall-clock figures measure the scheduler; CPU time is the compute cost); on CUDA also the same `act` captured once in a CUDA
 graph and replayed (`cuda_graph`), both end to end from the host and on-device only (inputs already on the
-GPU, one synchronise). Paper claim: under 1 ms per action; issue 6 targets <= 0.2 ms on a GPU.
+GPU, one synchronise). Paper claim: under 1 ms per action; offrl's target is <= 0.2 ms on a GPU.
 Weights are the untrained initialisation: latency does not depend on their values.
 """
 

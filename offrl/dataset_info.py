@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium.envs.registration import EnvSpec
 
@@ -53,6 +54,11 @@ def reference_scores(env_id: str | None) -> tuple[float | None, float | None]:
         return None, None
     task = ENV_TASKS.get(env_id.split("/")[-1].rsplit("-v", 1)[0])
     return D4RL_REFERENCE_SCORES.get(task, (None, None))
+
+
+def box_bounds(space) -> tuple[list[float], list[float]]:
+    """A gymnasium Box's low and high, broadcast to its shape and flattened (a Box may give one scalar bound)."""
+    return tuple(np.broadcast_to(bound, space.shape).reshape(-1).astype(float).tolist() for bound in (space.low, space.high))
 
 
 @dataclass

@@ -143,6 +143,21 @@ def test_a_checkpoint_of_another_algorithm_dataset_or_settings_is_refused(traine
     assert sorted(p.name for p in trained.glob("config*.yaml")) == ["config.yaml"]
 
 
+def test_a_checkpoint_with_other_tensor_names_is_refused_in_one_sentence(trained, capsys):
+    """What an older offrl's checkpoint looks like (SAC kept `action_scale`/`action_center` before the shared
+    action-bounds buffers): same algorithm, dataset and settings, other tensor names."""
+    path = trained / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    state = checkpoint["state_dict"]
+    state["action_scale"], state["action_center"] = state.pop("action_low"), state.pop("action_high")
+    torch.save(checkpoint, path)
+    assert run("test", "--config", str(trained / "config.yaml"), "--ckpt_path", str(path)) == 1
+    assert (
+        "checkpoint tensors do not match this model (missing ['action_high', 'action_low'], unexpected "
+        "['action_center', 'action_scale']): it was made by another version of offrl or with other settings"
+    ) in error_line(capsys)
+
+
 def test_each_start_of_a_run_keeps_its_own_config(dataset, in_tmp_dir):
     stop = {"class_path": "test_resume.SignalAt", "init_args": {"step": 30}}
     assert fit("--config", str(write_config(in_tmp_dir / "bc.yaml", "bc", dataset, callbacks=[stop]))) == 143

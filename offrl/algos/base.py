@@ -277,3 +277,10 @@ class OfflineAlgorithm(L.LightningModule):
                     f"checkpoint parameter {name} has shape {tuple(tensor.shape)} but this config and dataset build "
                     f"{tuple(own[name].shape)}; use the run's own config (its config.yaml) and dataset"
                 )
+        # ... and a checkpoint of an older offrl (other tensor names) instead of a missing-keys traceback.
+        missing, unexpected = sorted(own.keys() - checkpoint["state_dict"].keys()), sorted(checkpoint["state_dict"].keys() - own.keys())
+        if missing or unexpected:
+            raise OffrlError(
+                f"checkpoint tensors do not match this model (missing {missing[:3]}, unexpected {unexpected[:3]}): it was "
+                "made by another version of offrl or with other settings; train again, or use the version that made it"
+            )

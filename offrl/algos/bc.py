@@ -10,6 +10,7 @@ from tensordict import TensorDict
 from offrl.algos.base import OfflineAlgorithm
 from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
+from offrl.nn.action_bounds import clamp_action, register_action_bounds
 from offrl.nn.mlp import GaussianMLP, Normalizer, mlp
 from offrl.objectives.bc import gaussian_nll, mse
 
@@ -57,8 +58,7 @@ class BC(OfflineAlgorithm):
             if goal_dim:
                 inputs.append(transitions[self.datamodule.goal_key])
             self.input_normalizer.fit(torch.cat(inputs, -1))
-        self.register_buffer("action_low", torch.tensor(info.action_low, dtype=torch.float32))
-        self.register_buffer("action_high", torch.tensor(info.action_high, dtype=torch.float32))
+        register_action_bounds(self, info.action_low, info.action_high)
 
     def policy_inputs(self, observation: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
         x = observation if goal is None else torch.cat([observation, goal], -1)
@@ -74,7 +74,7 @@ class BC(OfflineAlgorithm):
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         out = self.policy(self.policy_inputs(observation, goal))
         mean = out[0] if self.hparams.policy == "gaussian" else out
-        return torch.maximum(torch.minimum(mean, self.action_high), self.action_low)
+        return clamp_action(mean, self.action_low, self.action_high)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -113,6 +113,7 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
 
     def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
         self.build_networks(info, data_terminates=bool(transitions["next", "terminated"].any()))
+        self.register_buffer("dynamics_trained", torch.tensor(False))  # a resumed run does not fit its model again
         self.dynamics.fit_normalizers(transitions["observation"], transitions["action"])
         # Roll-outs start after m - 1 real steps of history: windows of m rows, the last row's state is the start.
         self.rollout_starts = window_starts(transitions["episode_last"], self.dynamics.max_window)
@@ -130,7 +131,6 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
             hp.tau, hp.target_entropy, hp.init_alpha, hp.learn_alpha,
         )
         self.dynamics = self.build_dynamics(info.observation_dim, info.action_dim)
-        self.register_buffer("dynamics_trained", torch.tensor(False))
 
     def configure_optimizers(self):
         hp, groups = self.hparams, self.agent.parameter_groups()

@@ -27,6 +27,7 @@ from offrl.algos.base import OfflineAlgorithm
 from offrl.data.datamodules import SkipStepDataModule
 from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
+from offrl.nn.action_bounds import clamp_action, register_action_bounds
 from offrl.nn.init import orthogonal_init_
 from offrl.nn.mlp import GaussianMLP, Normalizer
 from offrl.objectives.rsp import noisy_subgoals, planner_losses
@@ -133,8 +134,7 @@ class RSP(OfflineAlgorithm):
         self.delta_normalizer = Normalizer(self.depth * obs_dim)  # flattened [depth, obs_dim]
         # Buffers: everything `act` needs, so that a checkpoint restores the planner exactly.
         self.register_buffer("scales", torch.tensor(self.plan_scales))
-        self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32))
-        self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32))
+        register_action_bounds(self, action_low, action_high)
 
     @torch.no_grad()
     def fit_delta_normalizer(self, datamodule: SkipStepDataModule, size: int, chunk: int = 1 << 18) -> None:
@@ -206,7 +206,7 @@ class RSP(OfflineAlgorithm):
         subgoals = self.plan_normalized(state)
         mean, log_std = self.policy(self.level_inputs(state, subgoals, self.depth))
         action = mean + log_std.exp() * torch.randn_like(mean) if self.hparams.sample_actions else mean
-        return torch.maximum(torch.minimum(action, self.action_high), self.action_low)
+        return clamp_action(action, self.action_low, self.action_high)
 
     # -- training ----------------------------------------------------------------------------------------
 

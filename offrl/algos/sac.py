@@ -17,6 +17,7 @@ from torch import nn
 from offrl.algos.base import OfflineAlgorithm, check_td_settings
 from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
+from offrl.nn.action_bounds import from_unit_box, register_action_bounds, to_unit_box
 from offrl.nn.ensemble import ensemble_mlp
 from offrl.nn.mlp import GaussianMLP, frozen
 from offrl.objectives.bc import gaussian_log_prob
@@ -76,10 +77,7 @@ class SACAgent(nn.Module):
         self.critic = ensemble_mlp(num_critics, obs_dim + action_dim, hidden_dims, 1)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha)), requires_grad=learn_alpha)
-        low = torch.as_tensor(action_low, dtype=torch.float32)
-        high = torch.as_tensor(action_high, dtype=torch.float32)
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_center", (high + low) / 2)
+        register_action_bounds(self, action_low, action_high)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -90,10 +88,10 @@ class SACAgent(nn.Module):
         return critic(torch.cat([observation, unit_action], -1)).squeeze(-1)
 
     def to_env_action(self, unit_action: torch.Tensor) -> torch.Tensor:
-        return self.action_center + self.action_scale * unit_action
+        return from_unit_box(unit_action, self.action_low, self.action_high)
 
     def to_unit_action(self, action: torch.Tensor) -> torch.Tensor:
-        return ((action - self.action_center) / self.action_scale).clamp(-1.0, 1.0)
+        return to_unit_box(action, self.action_low, self.action_high)
 
     def act(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         """An action in [low, high]: tanh(mean) when deterministic, else a sample of the policy."""

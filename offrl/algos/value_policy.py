@@ -41,8 +41,9 @@ from offrl.algos.value_objectives import VALUE_OBJECTIVES
 from offrl.data.returns import return_range_factor
 from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
+from offrl.nn.action_bounds import clamp_action, from_unit_box, register_action_bounds
 from offrl.nn.mlp import GaussianMLP, Normalizer, frozen, joined, mlp
-from offrl.objectives.bc import gaussian_nll, mse
+from offrl.objectives.bc import gaussian_log_prob, gaussian_nll, mse
 from offrl.objectives.extraction import awr_loss, ddpgbc_loss, sfbc_select
 
 ACTOR_KINDS = ("gaussian", "deterministic")
@@ -194,8 +195,7 @@ class ValuePolicy(OfflineAlgorithm):
             self.actor = mlp(obs_dim + goal_dim, hidden, action_dim, hp.layer_norm)
         if objective.has_target_actor:
             self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
-        self.register_buffer("action_low", torch.tensor(info.action_low, dtype=torch.float32))
-        self.register_buffer("action_high", torch.tensor(info.action_high, dtype=torch.float32))
+        register_action_bounds(self, info.action_low, info.action_high)
 
     def configure_optimizers(self):
         networks = [self.critic, self.value_net, self.actor] if self.value_net is not None else [self.critic, self.actor]
@@ -231,7 +231,7 @@ class ValuePolicy(OfflineAlgorithm):
     # -- actions -----------------------------------------------------------------------------------------
 
     def clip_action(self, action: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(action, self.action_low, self.action_high)
+        return clamp_action(action, self.action_low, self.action_high)
 
     def policy_action(self, actor_input: torch.Tensor, actor: nn.Module | None = None) -> torch.Tensor:
         """The deterministic action of `actor` (default: the actor): the Gaussian mean clipped to the bounds, or
@@ -240,7 +240,7 @@ class ValuePolicy(OfflineAlgorithm):
         if self.hparams.actor == "gaussian":
             return self.clip_action(actor(actor_input)[0])
         unit = torch.tanh(actor(actor_input))
-        return self.action_low + (unit + 1.0) * 0.5 * (self.action_high - self.action_low)
+        return from_unit_box(unit, self.action_low, self.action_high)
 
     def normalized_inputs(self, observation: torch.Tensor, goal: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.observation_normalizer(observation), None if goal is None else self.goal_normalizer(goal)
@@ -297,7 +297,7 @@ def awr_actor_loss(module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | 
     """Advantage-weighted regression: maximise exp(temperature * (Q - V)) log pi(a | s) on dataset actions."""
     hp = module.hparams
     mean, log_std = module.actor(joined(obs, goal))
-    log_prob = torch.distributions.Normal(mean, log_std.exp()).log_prob(action).sum(-1)
+    log_prob = gaussian_log_prob(mean, log_std, action)
     with torch.no_grad():
         advantage = module.q_value(obs, goal, action) - module.state_value(obs, goal)
     return awr_loss(log_prob, advantage, hp.awr_temperature, hp.awr_max_weight)

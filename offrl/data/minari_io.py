@@ -28,7 +28,7 @@ from gymnasium.envs.registration import EnvSpec
 from tensordict import TensorDict
 
 from offrl.data.generators import GeneratedDataset
-from offrl.dataset_info import DatasetInfo, reference_scores
+from offrl.dataset_info import DatasetInfo, box_bounds, reference_scores
 from offrl.errors import OffrlError
 from offrl.paths import datasets_root
 
@@ -344,15 +344,15 @@ def dataset_info(dataset: minari.MinariDataset, transitions: TensorDict) -> Data
     ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
     if ref_min is None or ref_max is None:
         ref_min, ref_max = reference_scores(eval_env_spec.id if eval_env_spec else None)
-    space = dataset.action_space
+    action_low, action_high = box_bounds(dataset.action_space)
     recipe = metadata.get("offrl_recipe")
     return DatasetInfo(
         dataset_id=dataset.spec.dataset_id,
         observation_dim=transitions["observation"].shape[-1],
         action_dim=transitions["action"].shape[-1],
         goal_dim=transitions["desired_goal"].shape[-1] if "desired_goal" in transitions.keys() else 0,
-        action_low=np.broadcast_to(space.low, space.shape).reshape(-1).astype(float).tolist(),
-        action_high=np.broadcast_to(space.high, space.shape).reshape(-1).astype(float).tolist(),
+        action_low=action_low,
+        action_high=action_high,
         env_spec=env_spec,
         eval_env_spec=eval_env_spec,
         ref_min_score=None if ref_min is None else float(ref_min),

@@ -15,8 +15,7 @@ import torch
 from tensordict import TensorDict
 
 from offrl.data.datamodules import TransitionDataModule
-from offrl.dataset_info import DatasetInfo
-from offrl.dataset_info import reference_scores
+from offrl.dataset_info import DatasetInfo, box_bounds, reference_scores
 from offrl.errors import OffrlError
 
 
@@ -32,13 +31,14 @@ def env_info(env_id: str) -> DatasetInfo:
     if not isinstance(observation_space, gym.spaces.Box) or not isinstance(action_space, gym.spaces.Box):
         raise OffrlError(f"data.env_id {env_id!r} needs Box observation and action spaces for online training")
     ref_min, ref_max = reference_scores(env_id)
+    action_low, action_high = box_bounds(action_space)
     return DatasetInfo(
         dataset_id=env_id,
         observation_dim=int(np.prod(observation_space.shape)),
         action_dim=int(np.prod(action_space.shape)),
         goal_dim=0,
-        action_low=np.broadcast_to(action_space.low, action_space.shape).reshape(-1).astype(float).tolist(),
-        action_high=np.broadcast_to(action_space.high, action_space.shape).reshape(-1).astype(float).tolist(),
+        action_low=action_low,
+        action_high=action_high,
         env_spec=spec,
         eval_env_spec=spec,
         ref_min_score=ref_min,
