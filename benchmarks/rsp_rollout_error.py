@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from offrl.algos.rsp import RSP
-from offrl.data import registry
+from offrl.data import catalog, minari_io, registry
 from offrl.data.datamodules import SkipStepDataModule
 
 K = 32
@@ -59,7 +59,7 @@ def train(dataset_id: str, scales: list[int], args: argparse.Namespace) -> RSP:
 
 def held_out_starts(dataset_id: str, steps: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s_t [N, 4], the true s_{t+1..t+96} [N, 96, 4], the episode's final achieved goal [N, 2]) of fresh episodes."""
-    generated = registry.recipe(dataset_id).generate(steps=steps, episodes=None, seed=seed, progress=lambda n: None)
+    generated = catalog.recipe(dataset_id).generate(steps=steps, episodes=None, seed=seed, progress=lambda n: None)
     starts, futures, goals = [], [], []
     for episode in generated.episodes:
         states = np.asarray(episode.observations["observation"], dtype=np.float32)  # T + 1 states
@@ -187,7 +187,7 @@ def main() -> None:
     if "--quick" in sys.argv:  # reduced defaults; explicit flags still win
         parser.set_defaults(updates=1500, batch_size=512, hidden=[256, 256], held_out_steps=5000)
     args = parser.parse_args()
-    if registry.minari_io.dataset_path(args.dataset).exists() is False:
+    if minari_io.dataset_path(args.dataset).exists() is False:
         registry.generate(args.dataset, steps=args.generate_steps, seed=0)
 
     start_time = time.perf_counter()

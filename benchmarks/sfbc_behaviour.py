@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fitted(config: Path, updates: int, seed: int, extra: list[str]):
-    from offrl.cli import run_lightning
+    from offrl.cli.fit import run_lightning
 
     with tempfile.TemporaryDirectory() as run_dir:
         args = [

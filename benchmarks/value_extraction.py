@@ -91,7 +91,7 @@ def generate(job: tuple[str, int]) -> dict:
 def train_and_evaluate(spec: dict) -> dict:
     """One training run through the CLI, then one evaluation per test-time mode of the same networks."""
     from offrl.callbacks.evaluation import EvaluationCallback
-    from offrl.cli import run_lightning
+    from offrl.cli.fit import run_lightning
     from offrl.envs.evaluation import evaluate
     from offrl.envs.factory import make_eval_env
 

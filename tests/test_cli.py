@@ -163,7 +163,7 @@ def test_without_a_terminal_progress_comes_as_plain_lines_in_updates(dataset, in
 def test_help_names_the_commands_and_algorithms_and_takes_short_algorithm_names(tmp_path):
     top = offrl("--help", cwd=tmp_path)
     assert top.returncode == 0
-    for text in ("offrl data {list,info,generate,import-d4rl}", "offrl.algos.mopo.MOPO", "offrl.algos.admpo.ADMPOOffline", "usage: offrl"):
+    for text in ("offrl data {list,info,generate,import-d4rl}", "offrl report", "MOPO, MBPO", "offrl.algos.mopo", "ADMPOOffline, ADMPOOnline", "usage: offrl"):
         assert text in top.stdout, text
     one = offrl("fit", "--model.help", "MOPO", cwd=tmp_path)
     assert one.returncode == 0 and "--model.dynamics_members" in one.stdout and "--model.max_window" not in one.stdout

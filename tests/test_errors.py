@@ -21,7 +21,7 @@ import yaml
 
 from conftest import random_episodes, write_synthetic
 from offrl.cli import main
-from offrl.data import minari_io, registry
+from offrl.data import catalog, minari_io, registry
 
 DATASET = "test/errors/hopper-v0"
 
@@ -134,7 +134,7 @@ def test_a_generation_killed_halfway_leaves_nothing_and_the_next_run_regenerates
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     leftovers = list(store.glob(".offrl-tmp-*"))
     assert leftovers and list(leftovers[0].rglob("main_data.hdf5"))  # it did die halfway through the write
-    assert not minari_io.dataset_path(dataset_id).exists() and dataset_id not in registry.local_ids()
+    assert not minari_io.dataset_path(dataset_id).exists() and dataset_id not in catalog.local_ids()
     assert "is not in the local store yet" in refused(capsys, "data", "info", dataset_id)
 
     assert offrl("data", "generate", dataset_id, "--steps", "300") == 0
@@ -216,8 +216,8 @@ def test_generate_checks_the_id_before_generating_and_refuses_a_second_writer(tm
     dataset_id = "offrl/pointmaze/umaze-v0"
     assert offrl("data", "generate", dataset_id, "--steps", "300") == 0
     calls = []
-    recipe = registry.RECIPES[dataset_id]
-    monkeypatch.setitem(registry.RECIPES, dataset_id, registry.Recipe(lambda **kw: calls.append(kw), recipe.default_steps))
+    recipe = catalog.RECIPES[dataset_id]
+    monkeypatch.setitem(catalog.RECIPES, dataset_id, catalog.Recipe(lambda **kw: calls.append(kw), recipe.default_steps))
     message = refused(capsys, "data", "generate", dataset_id, "--steps", "300")
     assert message == f"offrl: error: dataset {dataset_id} already exists at {minari_io.dataset_path(dataset_id)}; delete that folder to regenerate it"
     assert not calls  # refused before generating anything

@@ -6,11 +6,11 @@ import gymnasium as gym
 import minari
 import pytest
 
-from offrl.data import registry
+from offrl.data import catalog, registry
 
 from test_cli import offrl
 
-AVAILABLE = list(registry.RECIPES)
+AVAILABLE = list(catalog.RECIPES)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import write_synthetic
-from offrl.cli import run_lightning
+from offrl.cli.fit import run_lightning
 from offrl.data.returns import episode_returns
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -267,6 +267,7 @@ class OfflineAlgorithm(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.checkpoint_updates = int(checkpoint.get("global_step", 0))  # what `offrl test` reports its scores against
         if "loss_window" in checkpoint:
             self._loss_window = dict(checkpoint["loss_window"])
         # A checkpoint from another dataset fails here in one sentence instead of a size-mismatch traceback.

@@ -1,6 +1,7 @@
-"""What a person running `offrl fit` sees without TensorBoard: one estimate of the run's duration from its first
-updates, a progress line every minute when stdout is not a terminal (a log file has no progress bar), one line per
-evaluation, and an end-of-run summary, printed and written to the run folder as summary.json."""
+"""What a person running `offrl fit` sees without TensorBoard: a terminal progress bar in updates, one estimate of
+the run's duration from its first updates, a progress line every minute when stdout is not a terminal (a log file
+has no progress bar), one line per evaluation, and an end-of-run summary, printed and written to the run folder as
+summary.json beside curves.png. `offrl test` writes its own summary.json and marks its scores on the run's curves."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks.progress import ProgressBar
+from tqdm.auto import tqdm
 
-SCORE_METRICS = ("eval/normalized_score", "eval/success", "eval/return")
+from offrl.reports import SCORE_METRICS, plot_run
 
 
 def duration(seconds: float) -> str:
@@ -20,6 +23,66 @@ def duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def say(trainer: L.Trainer, line: str) -> None:
+    """A line on the console, above the progress bar when one is drawn."""
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, UpdateProgressBar) and bar.bar is not None:
+        bar.print(line)
+    else:
+        print(line, flush=True)
+
+
+class UpdateProgressBar(ProgressBar):
+    """One terminal bar over updates (not trainer steps, which hold performance.updates_per_step updates each) to
+    trainer.max_steps, with updates/s, the time left and the last evaluation score. Drawn only on a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled, self.bar, self.score = True, None, ""
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def print(self, *args, **kwargs) -> None:
+        tqdm.write(" ".join(map(str, args)))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled and trainer.is_global_zero and sys.stdout.isatty():
+            total = trainer.max_steps if trainer.max_steps > 0 else None
+            self.bar = tqdm(total=total, initial=trainer.global_step, desc="training", unit="update", dynamic_ncols=True, smoothing=0.1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.bar is not None:
+            self.bar.update(trainer.global_step - self.bar.n)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.set_description("evaluating", refresh=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.bar is None:
+            return
+        metric = next((name for name in SCORE_METRICS if name in trainer.callback_metrics), None)
+        if metric is not None:
+            self.bar.set_postfix_str(f"{metric.split('/')[1]} {float(trainer.callback_metrics[metric]):.3g}", refresh=False)
+        self.bar.set_description("training", refresh=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(content, indent=1))
+    temporary.replace(path)
 
 
 class RunReport(L.Callback):
@@ -64,10 +127,10 @@ class RunReport(L.Callback):
         rate = updates / seconds
         if trainer.is_global_zero and trainer.max_steps > 0:
             left = (trainer.max_steps - step) / rate
-            print(
+            say(
+                trainer,
                 f"offrl: ≈ {duration(left)} to trainer.max_steps {trainer.max_steps} on {pl_module.device.type} at "
                 f"{rate:.1f} updates/s (update {step} now)",
-                flush=True,
             )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -79,13 +142,21 @@ class RunReport(L.Callback):
         self.evaluations.append({"update": trainer.global_step, **metrics})
         if trainer.is_global_zero:
             parts = [f"{name.split('/')[1]} {value:.3g}" for name, value in metrics.items()]
-            print(f"offrl: update {trainer.global_step}: {', '.join(parts)}", flush=True)
+            say(trainer, f"offrl: update {trainer.global_step}: {', '.join(parts)}")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {name: float(trainer.callback_metrics[name]) for name in SCORE_METRICS if name in trainer.callback_metrics}
-        if metrics and trainer.is_global_zero:
-            parts = [f"{name.split('/')[1]} {value:.3g}" for name, value in metrics.items()]
-            print(f"offrl: test of update {trainer.global_step}: {', '.join(parts)}", flush=True)
+        if not metrics or not trainer.is_global_zero:
+            return
+        parts = [f"{name.split('/')[1]} {value:.3g}" for name, value in metrics.items()]
+        update = getattr(pl_module, "checkpoint_updates", trainer.global_step)  # the test loop counts from 0
+        print(f"offrl: test of update {update}: {', '.join(parts)}", flush=True)
+        log_dir = trainer.logger.log_dir if trainer.logger is not None else None
+        if log_dir is not None:
+            write_json(Path(log_dir) / "summary.json", {"update": update, "test": metrics})
+            run_dir = Path(log_dir).parent
+            if Path(log_dir).name == "test" and (run_dir / "config.yaml").exists():  # beside the run it tests
+                plot_run(run_dir, tests={name: (update, value) for name, value in metrics.items()})
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -103,11 +174,14 @@ class RunReport(L.Callback):
             summary["best"] = {"update": best["update"], metric: best[metric]}
             lines.append(f"offrl: {metric}: last {self.evaluations[-1][metric]:.3g} (update {self.evaluations[-1]['update']}), "
                          f"best {best[metric]:.3g} (update {best['update']})")
-        print("\n".join(lines), flush=True)
+        say(trainer, "\n".join(lines))
         log_dir = trainer.logger.log_dir if trainer.logger is not None else None
         if log_dir is not None:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(log_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
+            write_json(Path(log_dir) / "summary.json", summary)
+            flush = getattr(trainer.logger.experiment, "flush", None)
+            if flush is not None:
+                flush()  # the curves are read back from the event files
+            plot_run(Path(log_dir))
 
     def state_dict(self) -> dict:
         return {"evaluations": self.evaluations}

@@ -1,29 +1,34 @@
-"""The `offrl` command: LightningCLI for fit/validate/test/predict, plus `offrl data ...` for datasets."""
+"""`offrl fit | validate | test`: LightningCLI with offrl's callbacks, checkpoint checks and run folders."""
 
 from __future__ import annotations
 
 import argparse
-import errno
-import logging
+import difflib
+import importlib
+import inspect
 import re
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
 
+# Imported so that a config or --model may name an algorithm by its class name alone: jsonargparse resolves a
+# short class_path among the imported subclasses.
+from offrl.algos import admpo, bc, mopo, rsp, sac, value_policy  # noqa: F401
 from offrl.algos.base import OfflineAlgorithm
 from offrl.callbacks.evaluation import EvaluationCallback
 from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
-from offrl.callbacks.report import RunReport
+from offrl.callbacks.report import RunReport, UpdateProgressBar
 from offrl.callbacks.throughput import UpdateLoop, UpdateThroughput
 from offrl.checkpoints import AtomicCheckpointIO, newest_readable, read_checkpoint
 from offrl.data.datamodules import TransitionDataModule
 from offrl.errors import OffrlError
+from offrl.reports import SCORE_METRICS
 
 LOG_ROOT = "logs"
 
@@ -46,6 +51,17 @@ def latest_run(run_dir: Path) -> tuple[int, Path] | None:
         if number.isdigit() and any((version_dir / "checkpoints").glob("*.ckpt")):
             found.append((int(number), version_dir / "checkpoints"))
     return max(found) if found else None
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"model": {"init_args": {"lr": 1}}} -> {"model.init_args.lr": 1}."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def plain(value):
@@ -84,6 +100,67 @@ def checkpoint_mismatch(checkpoint: dict, path: Path, model, dataset_id: str, re
     return None
 
 
+class ConfigError(OffrlError):
+    """jsonargparse's whole message for a bad config or option; OffrlCLI turns it into one sentence."""
+
+
+class ConfigParser(LightningArgumentParser):
+    """Reports a config mistake as an exception instead of the usage block and exit."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # a nested parser (a class's own arguments): the parser above reports
+            super().error(message, ex)
+        raise ConfigError(message) from ex
+
+
+DATAMODULES = ("TransitionDataModule", "HindsightDataModule", "SkipStepDataModule")
+
+
+def close_match(word: str, candidates) -> str:
+    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {found[0]}?" if found else ""
+
+
+def class_arguments(class_path: str) -> list[str]:
+    try:
+        module, name = class_path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+    except (ValueError, ImportError, AttributeError):
+        return []
+    return [name for klass in cls.__mro__ if "__init__" in vars(klass) for name in inspect.signature(klass.__init__).parameters]
+
+
+def config_sentence(message: str, known_keys: list[str]) -> str:
+    """jsonargparse's message for a bad config value or option -> what is wrong, where, and a close match."""
+    section = re.search(r'Parser key "([\w.]+)"', message)
+    section = section.group(1) if section else None
+    class_path = re.search(r"Problem with given class_path '([^']+)'", message)
+    class_path = class_path.group(1) if class_path else None
+    if found := re.search(r"Option '([^']+)' is not accepted", message):
+        key = found.group(1)
+        return f"{section}.{key} is not a setting of {class_path}{close_match(key, class_arguments(class_path))}"
+    if found := re.search(r'Problem with given class_path \'[^\']+\':\s*Parser key "([^"]+)":\s*(.+)', message):
+        reason = re.sub(r"<class '(\w+)'>", r"\1", found.group(2).strip())  # "Expected a float", not "<class 'float'>"
+        return f"{section}.{found.group(1)}: {reason}"
+    if section in ("model", "data") and (
+        found := re.search(r"Expected a dot import path string: (\S+)|module '[^']+' has no attribute '[^']+'|No module named", message)
+    ):
+        given = found.group(1) or class_path
+        names = list(ALGORITHMS) + list(ALGORITHMS.values()) if section == "model" else DATAMODULES
+        return f"{section}.class_path {given} is not a class offrl knows{close_match(given, names)}"
+    if found := re.search(r"does not accept option '([^']+)'|unrecognized arguments: --(\S+)", message):
+        key = found.group(1) or found.group(2)
+        return f"{key} is not an option of offrl{close_match(key, known_keys)}"
+    if found := re.search(r"File does not exist: '([^']+)'", message):
+        return f"config file {found.group(1)} does not exist; check the path"
+    if "the following arguments are required" in message:
+        return "no model or data given; pass --config configs/<algorithm>/<dataset>.yaml (or --model and --data)"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
+    section_name = lines[0].replace("Parser key ", "").strip(':"')
+    return f"{section_name}: {reasons[0]}" if reasons else lines[0]
+
+
 class OffrlCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(EvaluationCallback, "evaluation")
@@ -99,6 +176,18 @@ class OffrlCLI(LightningCLI):
                 "trainer.log_every_n_steps": 50,
             }
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ConfigError as err:
+            argv = sys.argv[1:] if args is None else list(args)
+            files = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("--config", "-c")]
+            subparsers = getattr(self, "_subcommand_parsers", {})  # none when built with run=False
+            subcommand = next((arg for arg in argv if arg in subparsers), None)
+            known = [action.dest for action in (subparsers[subcommand] if subcommand else parser)._actions]
+            where = f" (config {', '.join(files)})" if files else ""
+            raise OffrlError(f"{config_sentence(str(err), known)}{where}; `offrl {subcommand or 'fit'} --help` lists the options") from None
 
     def _parse_ckpt_path(self) -> None:
         """Lightning would overwrite the config's model with the checkpoint's hyperparameters (so another
@@ -136,11 +225,42 @@ class OffrlCLI(LightningCLI):
             del checkpoint
         self.fresh_run_dir = self.extra_config_file = None
         if config["trainer"].get("logger") in (None, True):
-            self.trainer.logger = TensorBoardLogger(LOG_ROOT, name=run_name, version=version, default_hp_metric=False)
+            tested_run = self.tested_run_dir(path) if ckpt_path is not None and self.subcommand != "fit" else None
+            if tested_run is not None:
+                # test/validate log beside the run they evaluate (<version>/test), not into its training curves
+                self.trainer.logger = TensorBoardLogger(
+                    tested_run.parent, name="", version=tested_run.name, sub_dir=self.subcommand, default_hp_metric=False
+                )
+            else:
+                self.trainer.logger = TensorBoardLogger(LOG_ROOT, name=run_name, version=version, default_hp_metric=False)
             run_dir = Path(self.trainer.logger.log_dir)
-            if version is None:
+            if version is None and tested_run is None:
                 self.fresh_run_dir = run_dir
             self.name_config_file(run_dir)
+        # Lightning's default bar counts trainer steps; offrl's counts updates.
+        self.trainer.callbacks[:] = [
+            UpdateProgressBar() if type(callback) in (TQDMProgressBar, RichProgressBar) else callback for callback in self.trainer.callbacks
+        ]
+
+    @staticmethod
+    def tested_run_dir(checkpoint: Path) -> Path | None:
+        """The run folder a checkpoint belongs to (<version>/checkpoints/x.ckpt), or None for a file elsewhere."""
+        run_dir = checkpoint.resolve().parent.parent
+        return run_dir if checkpoint.resolve().parent.name == "checkpoints" and (run_dir / "config.yaml").exists() else None
+
+    def before_fit(self) -> None:
+        """TensorBoard shows the resolved config beside the curves: as hyperparameters (HPARAMS tab, against the
+        evaluation score) and as text."""
+        logger = self.trainer.logger
+        if not isinstance(logger, TensorBoardLogger) or not self.trainer.is_global_zero:
+            return
+        config = self.config[self.subcommand]
+        flat = {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in flatten(config.as_dict()).items()}
+        experiment, start, end = hparams(flat, {name: 0.0 for name in SCORE_METRICS})
+        writer = logger.experiment
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary)
+        writer.add_text("config", "```\n" + self.parser.dump(self.config, skip_none=False)[:200_000] + "\n```")
 
     def name_config_file(self, run_dir: Path) -> None:
         """Each start of a run keeps its own resolved config: config.yaml for the first, then config.start-N.yaml."""
@@ -176,15 +296,16 @@ HELP = """offrl: offline RL on Lightning, TorchRL and Minari.
   offrl fit --config configs/<algorithm>/<dataset>.yaml [--section.key value ...]   train (resume: --ckpt_path last)
   offrl test --config <run>/config.yaml --ckpt_path last                           evaluate a trained run
   offrl data {list,info,generate,import-d4rl} ...                                   datasets (offrl data --help)
+  offrl report logs/ [--out DIR]                                                    tables and plots of runs, grouped by config
 
-Algorithms (model.class_path; one recipe per paper setting under configs/):
-  offrl.algos.bc.BC                         behaviour cloning
-  offrl.algos.value_policy.ValuePolicy      value (sarsa, iql, crl, td3) x extraction (awr, ddpgbc, sfbc); IQL, TD3+BC
-  offrl.algos.rsp.RSP                       recursive skip-step planning
-  offrl.algos.mopo.MOPO, .MBPO              model-based SAC with an MLP ensemble, offline / online
-  offrl.algos.admpo.ADMPOOffline, .ADMPOOnline   ADMPO-OFF / ADMPO-ON, the any-step dynamics model
-  offrl.algos.sac.SAC                       online SAC
-`offrl fit --model.help MOPO` (or a full class path) lists one algorithm's settings."""
+Algorithms (model.class_path: the short name or offrl.algos.<file>.<name>; one recipe per paper setting under configs/):
+  BC                          behaviour cloning                                           offrl.algos.bc
+  ValuePolicy                 value (sarsa, iql, crl, td3) x extraction (awr, ddpgbc, sfbc): IQL, TD3+BC   offrl.algos.value_policy
+  RSP                         recursive skip-step planning                                offrl.algos.rsp
+  MOPO, MBPO                  model-based SAC with an MLP ensemble, offline / online      offrl.algos.mopo
+  ADMPOOffline, ADMPOOnline   ADMPO-OFF / ADMPO-ON, the any-step dynamics model           offrl.algos.admpo
+  SAC                         online SAC                                                  offrl.algos.sac
+`offrl fit --model.help MOPO` lists one algorithm's settings; `--model BC` picks one on the command line."""
 
 
 ALGORITHMS = {
@@ -213,6 +334,7 @@ def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:
     return OffrlCLI(
         OfflineAlgorithm,
         TransitionDataModule,
+        parser_class=ConfigParser,
         parser_kwargs={"prog": "offrl", "description": HELP, "formatter_class": HelpFormatter},
         subclass_mode_model=True,
         subclass_mode_data=True,
@@ -225,146 +347,3 @@ def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:
     )
 
 
-def data_main(args: list[str]) -> None:
-    from offrl.data import d4rl_import, registry
-
-    parser = argparse.ArgumentParser(prog="offrl data", description="List, inspect, generate and import datasets.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="offrl/ ids that can be generated, and the datasets in the local Minari store")
-    info = commands.add_parser("info", help="episodes, steps, spaces, env and recipe of a local dataset")
-    info.add_argument("dataset_id")
-    generate = commands.add_parser("generate", help="make an offrl/ dataset in the local Minari store")
-    generate.add_argument("dataset_id")
-    size = generate.add_mutually_exclusive_group()
-    size.add_argument("--steps", type=int, help="environment steps (default: the recipe's full size)")
-    size.add_argument("--episodes", type=int, help="complete episodes instead of steps")
-    generate.add_argument("--seed", type=int, default=0)
-    importer = commands.add_parser("import-d4rl", help="convert a D4RL-layout HDF5 file into a Minari dataset")
-    importer.add_argument("file", type=Path)
-    importer.add_argument("--id", required=True, dest="dataset_id", help="Minari id to create, e.g. local/hopper/medium-v0")
-    importer.add_argument("--env", required=True, dest="env_id", help="Gymnasium env id the data came from, e.g. Hopper-v5")
-    importer.add_argument(
-        "--max-episode-steps",
-        help="evaluation episode length (default: D4RL's for AdroitHand* envs, pen 100 and the others 200; else the env's registered limit)",
-    )
-    importer.add_argument("--env-kwargs", help='JSON object of keyword arguments for the env, e.g. \'{"terminate_when_unhealthy": false}\'')
-    importer.add_argument(
-        "--env-reward",
-        action="store_true",
-        help="AdroitHand* envs: evaluate with the env's own reward and pen episode end instead of D4RL's",
-    )
-    parsed = parser.parse_args(args)
-
-    if parsed.command == "list":
-        local = set(registry.local_ids())
-        print("offrl/ ids (generated on demand; * = in the local store):")
-        for dataset_id in registry.RECIPES:
-            print(f"  {'*' if dataset_id in local else ' '} {dataset_id}")
-        others = sorted(local - set(registry.RECIPES))
-        if others:
-            print("other datasets in the local Minari store:")
-            for dataset_id in others:
-                print(f"    {dataset_id}")
-    elif parsed.command == "info":
-        if parsed.dataset_id in registry.RECIPES and not registry.minari_io.dataset_path(parsed.dataset_id).exists():
-            raise OffrlError(f"dataset {parsed.dataset_id} is not in the local store yet; make it with `offrl data generate {parsed.dataset_id}`")
-        transitions, dataset_info = registry.load(parsed.dataset_id, generate_steps=None)
-        print(f"id:            {dataset_info.dataset_id}")
-        print(f"episodes:      {dataset_info.num_episodes}")
-        print(f"transitions:   {transitions.batch_size[0]}")
-        print(f"observation:   {dataset_info.observation_dim}   action: {dataset_info.action_dim}   goal: {dataset_info.goal_dim}")
-        print(f"env:           {dataset_info.env_spec.id if dataset_info.env_spec else None}")
-        print(f"eval env:      {dataset_info.eval_env_spec.id if dataset_info.eval_env_spec else None}")
-        print(f"ref scores:    {dataset_info.ref_min_score} .. {dataset_info.ref_max_score}")
-        for key, value in sorted(dataset_info.metadata.items()):
-            print(f"recipe.{key}: {value}")
-    elif parsed.command == "generate":
-        registry.generate(parsed.dataset_id, steps=parsed.steps, episodes=parsed.episodes, seed=parsed.seed)
-        print(f"wrote {parsed.dataset_id}")
-    elif parsed.command == "import-d4rl":
-        path = d4rl_import.import_d4rl(
-            parsed.file, parsed.dataset_id, parsed.env_id, parsed.max_episode_steps, parsed.env_kwargs, d4rl_rules=not parsed.env_reward
-        )
-        print(f"wrote {parsed.dataset_id} to {path}")
-
-
-def user_error(err: BaseException) -> OffrlError | None:
-    """The OffrlError behind `err`, if any: config parsing and Lightning wrap errors raised inside them."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OffrlError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def path_fault(err: BaseException) -> str | None:
-    """One sentence for a fault of the machine on a path offrl reads or writes (read-only or full folder, a file
-    where a folder should be, a missing file), or None when `err` is not one."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.filename is not None and err.errno is not None:
-            fix = {
-                errno.ENOSPC: "free disk space there",
-                errno.EACCES: "make it writable or point offrl elsewhere",
-                errno.EROFS: "point offrl at a writable folder",
-                errno.ENOTDIR: "a file stands where a folder should be: move it",
-                errno.EEXIST: "a file stands where a folder should be: move it",
-                errno.ENOENT: "check the path",
-            }.get(err.errno, "check the path and the disk")
-            return f"cannot use {err.filename} ({err.strerror}); {fix}, then run the command again"
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
-# Messages every run printed that a user can do nothing about, each with why it does not apply to offrl.
-KNOWN_NOISE = (
-    (r"`author_email` is set to None", "Minari asks dataset authors for an e-mail; offrl's generated datasets name their recipe"),
-    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", "Lightning 2.6's pytree helper under torch 2.13, not offrl code"),
-    (r"Your `IterableDataset` has `__len__` defined", "offrl's step loader runs without workers, so its length is exact"),
-    (r"Using ModelCheckpoint with manual optimization", "offrl's update steps the optimisers itself; a checkpoint holds the state after an update, which resumes exactly"),
-    (r"The number of training batches \(\d+\) is smaller than the logging interval", "Lightning compares trainer steps with log_every_n_steps, which offrl counts in updates"),
-)
-
-
-class DropLightningTips(logging.Filter):
-    """Lightning's advertisement for its cloud logger, printed at every fit."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-def silence_known_noise() -> None:
-    for message, _why in KNOWN_NOISE:
-        warnings.filterwarnings("ignore", message=message)
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, DropLightningTips) for f in logger.filters):  # main() may run many times in a process
-        logger.addFilter(DropLightningTips())
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    silence_known_noise()
-    try:
-        if args and args[0] == "data":
-            data_main(args[1:])
-        elif argv is None:
-            sys.argv[1:] = with_full_class_paths(args)  # LightningCLI reads sys.argv when given no args
-            run_lightning(None)
-        else:
-            run_lightning(with_full_class_paths(args))
-    except Exception as err:
-        found = user_error(err) or path_fault(err)
-        if found is None:
-            raise
-        print(f"offrl: error: {found}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("offrl: interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

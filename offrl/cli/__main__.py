@@ -1,0 +1,5 @@
+"""`python -m offrl.cli ...`, as the `offrl` script."""
+
+from offrl.cli import main
+
+main()
