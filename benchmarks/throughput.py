@@ -9,6 +9,10 @@ locally generated dataset (timing does not depend on the dataset's size). The of
 every `--log-every` steps), `perf/updates_per_s` is measured, non-finite losses are watched, no progress bar, no
 evaluation or checkpoints. The plain loop calls the same networks, loss functions, optimisers and on-device
 sampler without Lightning. `--repeats` offrl/plain pairs run back to back and the median pair is reported.
+
+The yardstick is the machine: the update's FLOPs are counted by torch.utils.flop_counter.FlopCounterMode on one
+eager update, and this process measures its own matmul peak (a 2048 x 2048 float32 matmul at the same thread
+count); `fraction_of_matmul_peak` is the offrl loop's achieved FLOP rate over that peak.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ ALGORITHMS = {
     "bc": ("configs/bc/hopper-medium.yaml", HOPPER),
     "iql_awr": ("configs/iql/hopper-medium.yaml", HOPPER),  # IQL = IQL value + AWR
     "iql_ddpgbc": ("configs/iql_ddpgbc/hopper-medium.yaml", HOPPER),
+    "td3bc": ("configs/td3bc/hopper-medium.yaml", HOPPER),
+    "sarsa_ddpgbc": ("configs/sarsa_ddpgbc/hopper-medium.yaml", HOPPER),
+    "crl_ddpgbc": ("configs/crl_ddpgbc/pointmaze-umaze.yaml", MAZE),
     "rsp": ("configs/rsp/pointmaze-large.yaml", MAZE),
     "admpo_off": ("configs/admpo_off/hopper-medium.yaml", HOPPER),
     "mopo": ("configs/mopo/hopper-medium.yaml", HOPPER),
@@ -144,6 +151,34 @@ def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_gr
     return clock
 
 
+def update_flops(model: OfflineAlgorithm, datamodule) -> int:
+    """FLOPs of one eager update (forward, backward, optimiser steps) as FlopCounterMode counts them: matmuls and
+    convolutions, which is what the matmul peak measures too."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    configured = model.configure_optimizers()
+    optimizers = configured[0] if isinstance(configured, tuple) else configured if isinstance(configured, list) else [configured]
+    batch = datamodule.sample(datamodule.batch_size)
+    with FlopCounterMode(display=False) as counter:
+        model.update(batch, optimizers)
+    return counter.get_total_flops()
+
+
+def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 20) -> float:
+    """FLOP/s of a size x size float32 matmul on `device` at the current thread count (best of `repeats`)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", choices=sorted(ALGORITHMS), required=True)
@@ -234,6 +269,15 @@ def main() -> None:
         eager = time_plain(model, datamodule, args, False, False)
         result["plain_eager_updates_per_s"] = round(args.steps / eager.wall, 1)
         result["speedup_vs_plain_eager"] = round(eager.wall / offrl.wall, 2)
+    flops, peak = update_flops(model, datamodule), matmul_peak(model.device)
+    result.update(
+        {
+            "update_mflop": round(flops / 1e6, 1),
+            "matmul_peak_gflop_s": round(peak / 1e9, 1),
+            "achieved_gflop_s": round(flops * args.steps / offrl.wall / 1e9, 1),
+            "fraction_of_matmul_peak": round(flops * args.steps / offrl.wall / peak, 3),
+        }
+    )
     print(json.dumps(result))
 
 

@@ -54,8 +54,10 @@ def apply_gradients(
 ) -> None:
     """One backward of the summed losses, then every optimiser steps. Each loss must reach only its own network
     (targets detached, critics frozen where another network's loss goes through them)."""
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)  # parameters outside this update get no gradient, so no step
+    for optimizer in optimizers:  # optimizer.zero_grad(set_to_none=True), which torch.compile cannot trace
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = None  # parameters outside this update get no gradient, so no step
     loss = torch.stack(list(losses.values())).sum()
     if before_backward is not None:
         before_backward(loss)
