@@ -133,20 +133,25 @@ def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_gr
     if compile or cuda_graphs:
         prepare_optimizers_for_capture(optimizers, model.device)
 
-    update = accelerated(functools.partial(model.update, optimizers=optimizers), compile, cuda_graphs, model.device)
+    # One update function per variant, as the module's update_fn keeps (TD3's delayed actor steps alternate).
+    variants = [model.variant_at(update) for update in range(args.warmup + args.steps)]
+    updates = {
+        variant: accelerated(functools.partial(model.update, optimizers=optimizers, variant=variant), compile, cuda_graphs, model.device)
+        for variant in set(variants)
+    }
     batch_size = datamodule.batch_size
 
-    def step() -> None:
-        update(datamodule.sample(batch_size))
+    def step(update: int) -> None:
+        updates[variants[update]](datamodule.sample(batch_size))
         for scheduler in schedulers:
             scheduler.step()
 
-    for _ in range(args.warmup):
-        step()
+    for update in range(args.warmup):
+        step(update)
     clock = Clock(model.device)
     clock.start()
-    for _ in range(args.steps):
-        step()
+    for update in range(args.warmup, args.warmup + args.steps):
+        step(update)
     clock.stop()
     return clock
 
@@ -160,7 +165,7 @@ def update_flops(model: OfflineAlgorithm, datamodule) -> int:
     optimizers = configured[0] if isinstance(configured, tuple) else configured if isinstance(configured, list) else [configured]
     batch = datamodule.sample(datamodule.batch_size)
     with FlopCounterMode(display=False) as counter:
-        model.update(batch, optimizers)
+        model.update(batch, optimizers, variant=model.variant_at(0))
     return counter.get_total_flops()
 
 

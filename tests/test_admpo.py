@@ -126,8 +126,9 @@ def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
     before = len(seen)
     rows = roll(4, penalty_coef=1.0)
     assert len(rows) == 8 * 4 and "penalty" in rows.keys()
-    assert lengths == [3] * 4 and len(seen) == before
+    assert lengths == [3] * 4 and seen[before:] == [1, 2, 3] * 4  # one window of each length k per step
     # Unpenalised (ADMPO-ON) only the drawn k is predicted: one window per step, of a length in 1..3.
+    before = len(seen)
     rows = roll(30, penalty_coef=None)
     assert len(rows) == 8 * 30 and "penalty" not in rows.keys()
     assert lengths == [3] * 4 and len(seen) == before + 30 and set(seen[before:]) == {1, 2, 3}

@@ -110,6 +110,7 @@ class OfflineAlgorithm(L.LightningModule):
         self.compile_update = False
         self.cuda_graph_update = False
         self._update_fns: dict[Hashable, UpdateFn] = {}
+        self._running_variant: Hashable = None  # the variant of the update being run (set by `update`)
         self._loss_window: dict = {"sums": None, "count": 0, "names": []}  # a dict: no nn.Module setattr per step
 
     @property
@@ -159,9 +160,18 @@ class OfflineAlgorithm(L.LightningModule):
         """The module's own work done every N updates, by config name (UpdateLoop checks N against its K)."""
         return {}
 
-    def update_variant(self) -> Hashable:
-        """What selects a different update graph (e.g. the stage of stage-wise training); one graph per value."""
+    def variant_at(self, update: int) -> Hashable:
+        """What selects a different update graph at update number `update` (from 0), e.g. the stage of stage-wise
+        training or whether TD3's delayed actor steps; one graph per value."""
         return None
+
+    def update_variant(self) -> Hashable:
+        return self.variant_at(self.global_step)
+
+    def running_variant(self) -> Hashable:
+        """The variant of the update being run. `losses` branch on this, not on the step counter: a compiled graph
+        would guard on the counter's value and compile again at every update."""
+        return self._running_variant if self._running_variant is not None else self.update_variant()
 
     def torch_optimizers(self) -> list[torch.optim.Optimizer]:
         optimizers = self.optimizers(use_pl_optimizer=False)
@@ -172,9 +182,12 @@ class OfflineAlgorithm(L.LightningModule):
         batch: TensorDict,
         optimizers: list[torch.optim.Optimizer],
         before_backward: Callable[[torch.Tensor], None] | None = None,
+        variant: Hashable = None,
     ) -> dict[str, torch.Tensor]:
         """One gradient update in plain PyTorch; returns the detached losses. `before_backward(loss)` is the
-        strategy's hook (DDP readies its gradient all-reduce there; a no-op on one device)."""
+        strategy's hook (DDP readies its gradient all-reduce there; a no-op on one device); `variant` is the
+        update's variant_at (None: the current update_variant())."""
+        self._running_variant = variant
         losses = self.losses(batch)
         apply_gradients(losses, optimizers, before_backward)
         self.after_optimizer_step()
@@ -191,7 +204,9 @@ class OfflineAlgorithm(L.LightningModule):
             optimizers = self.torch_optimizers()
             if self.compile_update or self.cuda_graph_update:
                 prepare_optimizers_for_capture(optimizers, self.device)
-            update = functools.partial(self.update, optimizers=optimizers, before_backward=self.trainer.strategy.pre_backward)
+            update = functools.partial(
+                self.update, optimizers=optimizers, before_backward=self.trainer.strategy.pre_backward, variant=variant
+            )
             self._update_fns[variant] = accelerated(update, self.compile_update, self.cuda_graph_update, self.device)
         return self._update_fns[variant]
 

@@ -215,12 +215,12 @@ class RSP(OfflineAlgorithm):
         stages = self.depth + 1 if self.hparams.training == "stagewise" else 1
         return stages * self.hparams.steps_per_stage
 
-    def levels_to_train(self) -> range:
-        """Stagewise: the one level of the current stage (depth = the policy); joint: every level."""
+    def variant_at(self, update: int) -> int:
+        """Stagewise: the level update `update` trains (depth = the policy), one update graph per stage; joint: -1,
+        every level at once."""
         if self.hparams.training == "joint":
-            return range(self.depth + 1)
-        stage = min(self.global_step // self.hparams.steps_per_stage, self.depth)
-        return range(stage, stage + 1)
+            return -1
+        return min(update // self.hparams.steps_per_stage, self.depth)
 
     def on_fit_start(self) -> None:
         if self.trainer.max_steps != self.total_steps:
@@ -229,15 +229,13 @@ class RSP(OfflineAlgorithm):
                 f"scale(s) with model.steps_per_stage {self.hparams.steps_per_stage}, got {self.trainer.max_steps}"
             )
 
-    def update_variant(self) -> int:
-        return self.levels_to_train().start  # stage-wise training: one update graph per stage
-
     def losses(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         state = self.state_inputs(batch["observation"], batch["condition"])
         targets = self.normalize_deltas(batch["subgoal_deltas"])
         conditioning = noisy_subgoals(targets, self.subgoal_log_stds(), self.hparams.noise_scale)
         outputs = {}
-        for level in self.levels_to_train():
+        stage = self.running_variant()
+        for level in range(self.depth + 1) if stage < 0 else [stage]:
             model = self.subgoal_models[level] if level < self.depth else self.policy
             outputs[level] = model(self.level_inputs(state, conditioning, level))
         return planner_losses(outputs, targets, batch["action"], self.plan_scales)

@@ -270,7 +270,7 @@ class ValuePolicy(OfflineAlgorithm):
         losses = {"critic_loss": objective.critic_loss(self, batch, obs, goal)}
         if self.value_net is not None:
             losses["value_loss"] = objective.value_loss(self, obs, goal, batch["action"])
-        if not self.policy_step():
+        if not self.running_variant():
             return losses
         if "policy" in batch.keys():
             batch = batch["policy"]
@@ -278,15 +278,13 @@ class ValuePolicy(OfflineAlgorithm):
         losses["actor_loss"] = EXTRACTIONS[self.hparams.extraction](self, obs, goal, batch["action"])
         return losses
 
-    def policy_step(self) -> bool:
-        """Whether this update trains the actor (and moves the targets): always, except between TD3's delayed ones."""
-        return (self.global_step + 1) % self.value_objective.policy_delay() == 0  # TD3 counts its iterations from 1
-
-    def update_variant(self) -> bool:
-        return self.policy_step()  # one update graph with the actor's loss, one without
+    def variant_at(self, update: int) -> bool:
+        """Whether update `update` trains the actor (and moves the targets): always, except between TD3's delayed
+        ones. One update graph with the actor's loss, one without."""
+        return (update + 1) % self.value_objective.policy_delay() == 0  # TD3 counts its iterations from 1
 
     def after_optimizer_step(self) -> None:
-        if self.policy_step():
+        if self.running_variant():
             self.value_objective.update_targets(self)
 
 

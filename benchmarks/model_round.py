@@ -1,0 +1,110 @@
+"""The slow half of a model-based run, timed on its own: one dynamics-model fitting epoch and one penalised
+roll-out round of ADMPO-OFF (the any-step GRU) or MOPO (the MLP ensemble), with the shipped config's model and
+horizon, on a real dataset. The last stdout line is JSON: seconds per fitting update and per roll-out round, the
+FLOPs of each (torch.utils.flop_counter.FlopCounterMode; the epoch includes its hold-out check) and their fraction of this process's own matmul peak
+(2048 x 2048 float32 at the same thread count).
+
+    python benchmarks/model_round.py --algo admpo_off [--starts 5000] [--fit-updates 50] [--threads 1]
+
+The networks are untrained (cost does not depend on the weights); the roll-out round starts from `--starts`
+real windows (the configs' 50,000 take minutes per round on one CPU core; time scales linearly with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from offrl.models.fitting import fit_dynamics
+from offrl.models.rollouts import rollout
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {"admpo_off": "configs/admpo_off/hopper-medium.yaml", "mopo": "configs/mopo/hopper-medium.yaml"}
+
+
+def instantiate(spec: dict, **overrides):
+    module_name, class_name = spec["class_path"].rsplit(".", 1)
+    return getattr(importlib.import_module(module_name), class_name)(**{**spec.get("init_args", {}), **overrides})
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def timed(function, repeats: int) -> tuple[float, int]:
+    """(best seconds of `repeats` calls, FLOPs of one call)."""
+    with FlopCounterMode(display=False) as counter:
+        function()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best, counter.get_total_flops()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", choices=sorted(CONFIGS), required=True)
+    parser.add_argument("--dataset", default="offrl/mujoco/hopper/medium-v0")
+    parser.add_argument("--generate-steps", type=int, default=100_000)
+    parser.add_argument("--starts", type=int, default=5000, help="roll-out starts (the configs: 50,000)")
+    parser.add_argument("--fit-updates", type=int, default=50, help="fitting updates timed (one short epoch)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = yaml.safe_load((ROOT / CONFIGS[args.algo]).read_text())
+    model = instantiate(config["model"])
+    datamodule = instantiate(config["data"], dataset_id=args.dataset, generate_steps=args.generate_steps)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    transitions = datamodule.transitions
+    model.build(datamodule.info, transitions)
+    dynamics, hp = model.dynamics, model.hparams
+
+    settings = dataclasses.replace(model.fit_settings(), max_epochs=1, updates_per_epoch=args.fit_updates)
+    fit_seconds, fit_flops = timed(lambda: fit_dynamics(dynamics, transitions, settings, progress=False), args.repeats)
+
+    window = dynamics.max_window
+    first = model.rollout_starts[torch.randint(len(model.rollout_starts), (args.starts,))]
+    history = first[:, None] + torch.arange(window - 1)
+    policy = lambda observation: model.agent.act(observation, deterministic=False)  # noqa: E731
+    round_seconds, round_flops = timed(
+        lambda: rollout(
+            dynamics, policy, transitions["observation"][history], transitions["action"][history],
+            transitions["observation"][first + window - 1], hp.rollout_horizon, model.terminated_fn, hp.penalty_coef,
+        ),
+        args.repeats,
+    )
+    peak = matmul_peak()
+    print(json.dumps({
+        "algo": args.algo, "dataset": args.dataset, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "load_average": round(os.getloadavg()[0], 2), "matmul_peak_gflop_s": round(peak / 1e9, 1),
+        "fit_updates": args.fit_updates, "fit_ms_per_update": round(1000 * fit_seconds / args.fit_updates, 1),
+        "fit_fraction_of_peak": round(fit_flops / fit_seconds / peak, 3),
+        "rollout_starts": args.starts, "rollout_horizon": hp.rollout_horizon, "rollout_round_s": round(round_seconds, 2),
+        "rollout_gflop": round(round_flops / 1e9, 1), "rollout_fraction_of_peak": round(round_flops / round_seconds / peak, 3),
+        "projected_round_s_at_config_starts": round(round_seconds * hp.rollout_batch_size / args.starts, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
