@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import time
@@ -26,25 +25,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from offrl.models.fitting import fit_dynamics
 from offrl.models.rollouts import rollout
+from throughput import instantiate, matmul_peak  # benchmarks/throughput.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"admpo_off": "configs/admpo_off/hopper-medium.yaml", "mopo": "configs/mopo/hopper-medium.yaml"}
-
-
-def instantiate(spec: dict, **overrides):
-    module_name, class_name = spec["class_path"].rsplit(".", 1)
-    return getattr(importlib.import_module(module_name), class_name)(**{**spec.get("init_args", {}), **overrides})
-
-
-def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def timed(function, repeats: int) -> tuple[float, int]:
@@ -94,7 +78,7 @@ def main() -> None:
         ),
         args.repeats,
     )
-    peak = matmul_peak()
+    peak = matmul_peak(torch.device("cpu"))
     print(json.dumps({
         "algo": args.algo, "dataset": args.dataset, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "load_average": round(os.getloadavg()[0], 2), "matmul_peak_gflop_s": round(peak / 1e9, 1),
