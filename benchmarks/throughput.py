@@ -119,17 +119,21 @@ def time_offrl(model: OfflineAlgorithm, datamodule, args, log_dir: str, max_step
     return timer.clock
 
 
+def fresh_optimizers(model: OfflineAlgorithm) -> tuple[list, list]:
+    """New optimisers and schedulers from the module's configure_optimizers, in any of the forms Lightning accepts."""
+    configured = model.configure_optimizers()
+    if isinstance(configured, dict):
+        return [configured["optimizer"]], [configured["lr_scheduler"]["scheduler"]]
+    if isinstance(configured, tuple):  # Lightning's ([optimizers], [schedulers])
+        return configured
+    return (configured if isinstance(configured, list) else [configured]), []
+
+
 def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_graphs: bool) -> Clock:
     """The reference: the module's plain-PyTorch `update` (its networks, losses, one backward, optimiser steps)
     with fresh optimisers from its own configure_optimizers, batches from the same on-device sampler, in a bare
     loop (no trainer, no hooks, no logging)."""
-    configured = model.configure_optimizers()
-    if isinstance(configured, dict):
-        optimizers, schedulers = [configured["optimizer"]], [configured["lr_scheduler"]["scheduler"]]
-    elif isinstance(configured, tuple):  # Lightning's ([optimizers], [schedulers])
-        optimizers, schedulers = configured
-    else:
-        optimizers, schedulers = (configured if isinstance(configured, list) else [configured]), []
+    optimizers, schedulers = fresh_optimizers(model)
     if compile or cuda_graphs:
         prepare_optimizers_for_capture(optimizers, model.device)
 
@@ -146,13 +150,17 @@ def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_gr
         for scheduler in schedulers:
             scheduler.step()
 
+    warmup = Clock(model.device)
+    warmup.start()
     for update in range(args.warmup):
         step(update)
+    warmup.stop()
     clock = Clock(model.device)
     clock.start()
     for update in range(args.warmup, args.warmup + args.steps):
         step(update)
     clock.stop()
+    clock.warmup_wall = warmup.wall  # with compile: the compilation of every variant, plus warm-up updates
     return clock
 
 
@@ -161,8 +169,7 @@ def update_flops(model: OfflineAlgorithm, datamodule) -> int:
     convolutions, which is what the matmul peak measures too."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    configured = model.configure_optimizers()
-    optimizers = configured[0] if isinstance(configured, tuple) else configured if isinstance(configured, list) else [configured]
+    optimizers, _ = fresh_optimizers(model)
     batch = datamodule.sample(datamodule.batch_size)
     with FlopCounterMode(display=False) as counter:
         model.update(batch, optimizers, variant=model.variant_at(0))
@@ -240,13 +247,16 @@ def main() -> None:
         return model, datamodule
 
     os.environ.setdefault("MINARI_DATASETS_PATH", str(Path(tempfile.gettempdir()) / "offrl-benchmark-minari"))
-    pairs = []  # (offrl, plain) timed back to back, so that both see the same machine load
+    accelerated_run = args.compile or args.cudagraphs
+    pairs, eagers = [], []  # (offrl, plain) [and the eager plain loop] timed back to back: the same machine load
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as log_dir:
             model, datamodule = make()
             offrl = time_offrl(model, datamodule, args, log_dir, max_steps)
         # The plain loop runs on the module the trainer built (same networks, same stage); its optimisers are new.
         pairs.append((offrl, time_plain(model, datamodule, args, args.compile, args.cudagraphs)))
+        if accelerated_run:
+            eagers.append(time_plain(model, datamodule, args, False, False))
     # The pair with the median wall-time ratio: one disturbed repeat does not move the figure.
     offrl, plain = sorted(pairs, key=lambda pair: pair[1].wall / pair[0].wall)[len(pairs) // 2]
     result.update(
@@ -270,10 +280,16 @@ def main() -> None:
             "ratios_of_repeats": [round(p.wall / o.wall, 3) for o, p in pairs],
         }
     )
-    if args.compile or args.cudagraphs:
-        eager = time_plain(model, datamodule, args, False, False)
+    if accelerated_run:
+        speedups = [eager.wall / offrl_run.wall for (offrl_run, _), eager in zip(pairs, eagers)]
+        eager = sorted(eagers, key=lambda clock: clock.wall)[len(eagers) // 2]
         result["plain_eager_updates_per_s"] = round(args.steps / eager.wall, 1)
-        result["speedup_vs_plain_eager"] = round(eager.wall / offrl.wall, 2)
+        # The compiled plain loop's warm-up less the eager one's (same updates): compile time with whatever
+        # inductor's on-disk cache holds (TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for a cold figure).
+        result["compile_seconds"] = round(plain.warmup_wall - eager.warmup_wall, 1)
+        # Median over repeats of (eager plain, same repeat) / offrl: each ratio from one stretch of machine load.
+        result["speedup_vs_plain_eager"] = round(sorted(speedups)[len(speedups) // 2], 2)
+        result["speedups_of_repeats"] = [round(speedup, 2) for speedup in speedups]
     flops, peak = update_flops(model, datamodule), matmul_peak(model.device)
     result.update(
         {

@@ -44,7 +44,8 @@ def export(dataset_id: str, generate_steps: int, path: Path) -> dict:
 
     transitions, info = registry.load(dataset_id, generate_steps=generate_steps)
     terminals = transitions["next", "terminated"].numpy().astype(np.float32)
-    ends = transitions["episode_last"].numpy().astype(bool)
+    # episode_last holds each transition's index of its episode's last step.
+    ends = transitions["episode_last"].numpy() == np.arange(transitions.batch_size[0])
     spec = info.eval_env_spec or info.env_spec
     np.savez(
         path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import platform
 from collections.abc import Callable, Hashable
 
 import lightning as L
@@ -30,10 +31,24 @@ def prepare_optimizers_for_capture(optimizers: list[torch.optim.Optimizer], devi
                 group["capturable"] = True
 
 
+def let_gcc_vectorize_inductor_loops() -> None:
+    """torch 2.13's inductor builds its CPU kernels with gcc's -fno-tree-loop-vectorize, which leaves the vector
+    mask -> bool conversion a scalar loop: every ReLU mask a compiled update saves for its backward then costs
+    ~30x the eager op (1.39 ms against 0.06 ms on a [2, 256, 256] critic layer; benchmarks/README.md). gcc takes
+    the last of two opposite flags, and inductor appends its -march value after its own, so the architecture flag
+    carries -ftree-loop-vectorize. Left alone when the user set TORCHINDUCTOR_CPP_MARCH, or off x86-64 Linux."""
+    import torch._inductor.config as inductor_config
+
+    if inductor_config.cpp.march is None and platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
+        inductor_config.cpp.march = "native -ftree-loop-vectorize"
+
+
 def accelerated(update: UpdateFn, compile: bool, cuda_graphs: bool, device: torch.device) -> UpdateFn:
     """`update` compiled by torch.compile and/or captured whole (forward, backward, optimiser steps) as a CUDA
     graph that is replayed on every later batch of the same shapes (tensordict's CudaGraphModule)."""
     if compile:
+        if device.type == "cpu":
+            let_gcc_vectorize_inductor_loops()
         update = torch.compile(update)
     if cuda_graphs:
         if device.type != "cuda":
