@@ -8,7 +8,8 @@ locally generated dataset (timing does not depend on the dataset's size). The of
 `offrl fit` command runs it: the DataModule samples each batch on the device, losses are logged (TensorBoard,
 every `--log-every` steps), `perf/updates_per_s` is measured, non-finite losses are watched, no progress bar, no
 evaluation or checkpoints. The plain loop calls the same networks, loss functions, optimisers and on-device
-sampler without Lightning. `--repeats` offrl/plain pairs run back to back and the median pair is reported.
+sampler without Lightning. `--repeats` offrl/plain pairs run back to back and the median pair is reported; with
+`--compile`/`--cudagraphs` each repeat also times the eager plain loop, for the speed-up and the compile time.
 
 The yardstick is the machine: the update's FLOPs are counted by torch.utils.flop_counter.FlopCounterMode on one
 eager update, and this process measures its own matmul peak (a 2048 x 2048 float32 matmul at the same thread
@@ -72,6 +73,7 @@ class Clock:
     def __init__(self, device: torch.device):
         self.device = device
         self.wall = self.cpu = 0.0
+        self.warmup_wall = 0.0  # time_plain's warm-up (with compile: every variant's compilation)
 
     def start(self) -> None:
         synchronize(self.device)
@@ -119,6 +121,11 @@ def time_offrl(model: OfflineAlgorithm, datamodule, args, log_dir: str, max_step
     return timer.clock
 
 
+def median(items: list, key=None):
+    """The middle item (the upper of the two middle ones for an even count): one disturbed repeat does not move it."""
+    return sorted(items, key=key)[len(items) // 2]
+
+
 def fresh_optimizers(model: OfflineAlgorithm) -> tuple[list, list]:
     """New optimisers and schedulers from the module's configure_optimizers, in any of the forms Lightning accepts."""
     configured = model.configure_optimizers()
@@ -160,7 +167,7 @@ def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_gr
     for update in range(args.warmup, args.warmup + args.steps):
         step(update)
     clock.stop()
-    clock.warmup_wall = warmup.wall  # with compile: the compilation of every variant, plus warm-up updates
+    clock.warmup_wall = warmup.wall
     return clock
 
 
@@ -257,8 +264,7 @@ def main() -> None:
         pairs.append((offrl, time_plain(model, datamodule, args, args.compile, args.cudagraphs)))
         if accelerated_run:
             eagers.append(time_plain(model, datamodule, args, False, False))
-    # The pair with the median wall-time ratio: one disturbed repeat does not move the figure.
-    offrl, plain = sorted(pairs, key=lambda pair: pair[1].wall / pair[0].wall)[len(pairs) // 2]
+    offrl, plain = median(pairs, key=lambda pair: pair[1].wall / pair[0].wall)  # the pair with the median ratio
     result.update(
         {
             "hidden_dims": list(model.hparams.hidden_dims),
@@ -282,13 +288,13 @@ def main() -> None:
     )
     if accelerated_run:
         speedups = [eager.wall / offrl_run.wall for (offrl_run, _), eager in zip(pairs, eagers)]
-        eager = sorted(eagers, key=lambda clock: clock.wall)[len(eagers) // 2]
+        eager = median(eagers, key=lambda clock: clock.wall)
         result["plain_eager_updates_per_s"] = round(args.steps / eager.wall, 1)
         # The compiled plain loop's warm-up less the eager one's (same updates): compile time with whatever
         # inductor's on-disk cache holds (TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for a cold figure).
         result["compile_seconds"] = round(plain.warmup_wall - eager.warmup_wall, 1)
         # Median over repeats of (eager plain, same repeat) / offrl: each ratio from one stretch of machine load.
-        result["speedup_vs_plain_eager"] = round(sorted(speedups)[len(speedups) // 2], 2)
+        result["speedup_vs_plain_eager"] = round(median(speedups), 2)
         result["speedups_of_repeats"] = [round(speedup, 2) for speedup in speedups]
     flops, peak = update_flops(model, datamodule), matmul_peak(model.device)
     result.update(

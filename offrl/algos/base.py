@@ -39,7 +39,7 @@ def let_gcc_vectorize_inductor_loops() -> None:
     carries -ftree-loop-vectorize. Left alone when the user set TORCHINDUCTOR_CPP_MARCH, or off x86-64 Linux."""
     import torch._inductor.config as inductor_config
 
-    if inductor_config.cpp.march is None and platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
+    if inductor_config.cpp.march is None and platform.system() == "Linux" and platform.machine() == "x86_64":
         inductor_config.cpp.march = "native -ftree-loop-vectorize"
 
 
