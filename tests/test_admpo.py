@@ -22,7 +22,7 @@ from offrl.algos.mopo import MOPO
 from offrl.data import registry
 from offrl.envs.termination import hopper_terminated, termination_fn, walker2d_terminated
 from offrl.errors import OffrlError
-from offrl.models.any_step import AnyStepModel
+from offrl.models.any_step import CPU_ROLLOUT_CHUNK_ROWS, AnyStepModel
 from offrl.models.ensemble import EnsembleModel
 from offrl.models.fitting import FitSettings, fit_dynamics, holdout_errors
 from offrl.models.rollouts import ModelBuffer, rollout
@@ -108,9 +108,8 @@ def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
     fit_dynamics(model, transitions, FitSettings(batch_size=16, max_epochs=1, updates_per_epoch=60), progress=False)
     training = seen[:60]
     assert set(training) == {1, 2, 3}
-    lengths: list[int] = []
-    predict_every_k = model.predict_every_k
-    model.predict_every_k = lambda obs, actions: (lengths.append(obs.shape[1]), predict_every_k(obs, actions))[1]
+    gru_calls: list[tuple[int, ...]] = []
+    model.gru.register_forward_hook(lambda module, args, out: gru_calls.append(tuple(args[0].shape[:2])))
     first = window_starts(transitions["episode_last"], 3)[:8]
     history = first[:, None] + torch.arange(2)
     policy = lambda obs: torch.zeros(obs.shape[0], 2)  # noqa: E731
@@ -122,16 +121,17 @@ def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
             transitions["observation"][first + 2], horizon, never_terminates, penalty_coef,
         )
 
-    # With a penalty each step predicts for every k in 1..min(history, m) = 1..3 (the spread), history capped at m.
+    # With a penalty each step predicts for every k in 1..min(history, m) = 1..3 (the spread), history capped at
+    # m: the 2 history steps open windows of 8 rows, then every step extends the 3 windows of each row by one action.
     before = len(seen)
     rows = roll(4, penalty_coef=1.0)
     assert len(rows) == 8 * 4 and "penalty" in rows.keys()
-    assert lengths == [3] * 4 and seen[before:] == [1, 2, 3] * 4  # one window of each length k per step
+    assert gru_calls == [(8, 1), (16, 1)] + [(24, 1)] * 4 and seen[before:] == []
     # Unpenalised (ADMPO-ON) only the drawn k is predicted: one window per step, of a length in 1..3.
     before = len(seen)
     rows = roll(30, penalty_coef=None)
     assert len(rows) == 8 * 30 and "penalty" not in rows.keys()
-    assert lengths == [3] * 4 and len(seen) == before + 30 and set(seen[before:]) == {1, 2, 3}
+    assert len(seen) == before + 30 and set(seen[before:]) == {1, 2, 3}
 
 
 def test_every_k_at_once_equals_one_k_at_a_time():
@@ -142,6 +142,29 @@ def test_every_k_at_once_equals_one_k_at_a_time():
     for k in range(1, 5):
         mean, logvar = model.predict_from_history(observations, actions, k)
         assert torch.allclose(means[k - 1], mean, atol=1e-5) and torch.allclose(logvars[k - 1], logvar, atol=1e-5)
+
+
+def test_a_penalised_rollout_step_from_its_carried_windows_equals_every_k_read_anew():
+    """The GRU states a roll-out carries (one GRU step per window per step) give the predictions and penalty of
+    reading each window's actions from the start, for rows split over several chunks."""
+    torch.manual_seed(0)
+    model = tiny_any_step().eval()
+    rows = 2 * CPU_ROLLOUT_CHUNK_ROWS + 3
+    observations, actions = torch.randn(rows, 6, 4), torch.randn(rows, 6, 2)
+    with torch.no_grad():
+        memory = model.start_rollout(observations[:, :1], actions[:, :1], penalized=True)
+        drawn = set()
+        for t in range(1, 6):
+            torch.manual_seed(t)
+            mean, logvar, penalty, memory = model.rollout_step(memory, observations[:, t], actions[:, t], True)
+            window = slice(max(0, t + 1 - 3), t + 1)  # the last m = 3 steps
+            means, logvars = model.predict_every_k(observations[:, window], actions[:, window])
+            torch.manual_seed(t)
+            k = int(torch.randint(means.shape[0], ())) + 1
+            drawn.add(k)
+            assert torch.allclose(mean, means[k - 1], atol=1e-5) and torch.allclose(logvar, logvars[k - 1], atol=1e-5)
+            assert torch.allclose(penalty, any_step_penalty(means[..., :-1], logvars[..., :-1]), atol=1e-5)
+    assert len(drawn) > 1
 
 
 # -- the model learns a linear system ----------------------------------------------------------------------

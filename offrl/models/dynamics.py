@@ -7,7 +7,7 @@ the data it is fitted on.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -33,12 +33,16 @@ class DynamicsModel(Protocol):
     def after_fit(self, holdout_scores: torch.Tensor) -> None:
         """Work once fitting has restored the best parameters, given their hold-out scores (e.g. choose elites)."""
 
+    def start_rollout(self, history_obs: torch.Tensor, history_actions: torch.Tensor, penalized: bool) -> Any:
+        """The memory a roll-out carries between its steps, after the real history s, a [N, h, *] (h < max_window;
+        0 for a one-step model)."""
+
     def rollout_step(
-        self, observations: torch.Tensor, actions: torch.Tensor, penalized: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """From the roll-out's history s, a [N, h, *] (h <= max_window, the current state and action last): the
-        Gaussian of (s_{t+1}, r_t) to sample, mean and log-variance [N, obs + 1], and the uncertainty penalty [N]
-        when `penalized` (else None)."""
+        self, memory: Any, observation: torch.Tensor, action: torch.Tensor, penalized: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
+        """From the memory and the current state and action [N, *]: the Gaussian of (s_{t+1}, r_t) to sample,
+        mean and log-variance [N, obs + 1], the uncertainty penalty [N] when `penalized` (else None), and the
+        memory for the next step."""
 
     def train(self, mode: bool = True): ...
 

@@ -93,13 +93,15 @@ class EnsembleModel(nn.Module):
         draw = torch.randint(len(self.elites), (size,), generator=generator)
         return self.elites[draw.to(self.elites.device)]
 
+    def start_rollout(self, history_obs: torch.Tensor, history_actions: torch.Tensor, penalized: bool) -> None:
+        """A one-step model remembers nothing between roll-out steps."""
+
     def rollout_step(
-        self, observations: torch.Tensor, actions: torch.Tensor, penalized: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        self, memory: None, obs: torch.Tensor, action: torch.Tensor, penalized: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, None]:
         """A random elite's prediction per row; MOPO's penalty takes its maximum over all members."""
-        obs, action = observations[:, -1], actions[:, -1]
         means, logvars = self.predict(obs, action)
         member = self.random_elites(obs.shape[0])
         rows = torch.arange(obs.shape[0], device=obs.device)
         penalty = ensemble_penalty(logvars) if penalized else None
-        return means[member, rows], logvars[member, rows], penalty
+        return means[member, rows], logvars[member, rows], penalty, None

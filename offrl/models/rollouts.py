@@ -32,11 +32,11 @@ def rollout(
     model.eval()
     steps = []
     alive = torch.ones(observation.shape[0], dtype=torch.bool, device=observation.device)
+    penalized = penalty_coef is not None
+    memory = model.start_rollout(history_obs, history_actions, penalized)
     for _ in range(horizon):
         action = policy(observation)
-        history_obs = torch.cat([history_obs, observation[:, None]], 1)[:, -model.max_window :]
-        history_actions = torch.cat([history_actions, action[:, None]], 1)[:, -model.max_window :]
-        mean, logvar, penalty = model.rollout_step(history_obs, history_actions, penalized=penalty_coef is not None)
+        mean, logvar, penalty, memory = model.rollout_step(memory, observation, action, penalized)
         sample = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
         next_obs, reward = sample[:, :-1], sample[:, -1]
         terminated = terminated_fn(next_obs)
