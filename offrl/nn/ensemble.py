@@ -23,6 +23,10 @@ class EnsembleLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.matmul(x, self.weight) + self.bias
 
+    def member_forward(self, x: torch.Tensor, member: int) -> torch.Tensor:
+        """Member `member` alone: [B, in] -> [B, out]."""
+        return torch.addmm(self.bias[member], x, self.weight[member])
+
 
 class EnsembleLayerNorm(nn.Module):
     """LayerNorm over the last dimension with a separate affine transform per member ([E, B, dim])."""
@@ -34,6 +38,10 @@ class EnsembleLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+    def member_forward(self, x: torch.Tensor, member: int) -> torch.Tensor:
+        """Member `member` alone: [B, dim] -> [B, dim]."""
+        return F.layer_norm(x, x.shape[-1:]) * self.weight[member] + self.bias[member]
 
 
 def ensemble_mlp(
@@ -55,3 +63,11 @@ def ensemble_mlp(
         width = hidden
     layers.append(EnsembleLinear(num_members, width, out_dim))
     return nn.Sequential(*layers)
+
+
+def ensemble_member_forward(ensemble: nn.Sequential, x: torch.Tensor, member: int) -> torch.Tensor:
+    """One member of an `ensemble_mlp` on its own: [B, in] -> [B, out], the member's slice of the whole ensemble's
+    output (and of its gradients) at 1/E of the cost."""
+    for layer in ensemble:
+        x = layer.member_forward(x, member) if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)) else layer(x)
+    return x
