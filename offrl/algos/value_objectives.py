@@ -80,9 +80,9 @@ class SARSA:
         """V(s[, g]): [B]."""
         return value_net(joined(obs, goal)).squeeze(-1)
 
-    def actor_q(self, critic: nn.Module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+    def actor_q(self, module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
         """The Q a DDPG+BC actor ascends, [B]: the minimum over the twins."""
-        return self.q_values(critic, obs, goal, action).min(0).values
+        return module.q_value(obs, goal, action)
 
     def policy_delay(self) -> int:
         return 1
@@ -147,9 +147,9 @@ class TD3(SARSA):
             hp.target_noise, hp.target_noise_clip, module.action_low, module.action_high,
         )
 
-    def actor_q(self, critic: nn.Module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+    def actor_q(self, module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
         """TD3 (and TD3+BC) ascend the first critic; the second is not evaluated."""
-        return ensemble_member_forward(critic, joined(obs, goal, action), 0).squeeze(-1)
+        return ensemble_member_forward(module.critic, joined(obs, goal, action), 0).squeeze(-1)
 
     def policy_delay(self) -> int:
         return self.hp.td3_policy_delay

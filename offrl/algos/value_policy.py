@@ -312,7 +312,7 @@ def ddpgbc_actor_loss(module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor
         policy_action = module.policy_action(actor_input)
         bc_term = mse(policy_action, action)
     with frozen(module.critic):
-        q_pi = module.value_objective.actor_q(module.critic, obs, goal, policy_action)
+        q_pi = module.value_objective.actor_q(module, obs, goal, policy_action)
     return ddpgbc_loss(q_pi, bc_term, hp.ddpgbc_alpha, hp.normalize_q)
 
 
