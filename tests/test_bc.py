@@ -18,8 +18,10 @@ def test_goal_conditioned_bc_beats_random_on_umaze(in_tmp_dir):
     L.seed_everything(0)
     datamodule = HindsightDataModule(DATASET, batch_size=256, steps_per_epoch=1500, generate_steps=30_000)
     model = BC(hidden_dims=[128, 128], lr=1e-3, normalize_observations=False)
+    # 6000 updates: at lr 1e-3 the success of 3000 dips on some seeds (seeds 0-7, 30 episodes, 3000: 0.10-1.00,
+    # 6000: 0.87-1.00), so the float rounding of one optimiser could decide the test.
     trainer = L.Trainer(
-        max_steps=3000,
+        max_steps=6000,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,

@@ -12,6 +12,7 @@ from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 from offrl.nn.action_bounds import clamp_action, register_action_bounds
 from offrl.nn.mlp import GaussianMLP, Normalizer, mlp
+from offrl.nn.optim import adam
 from offrl.objectives.bc import gaussian_nll, mse
 
 POLICY_KINDS = ("gaussian", "deterministic")
@@ -77,4 +78,4 @@ class BC(OfflineAlgorithm):
         return clamp_action(mean, self.action_low, self.action_high)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return adam(self.parameters(), lr=self.hparams.lr)

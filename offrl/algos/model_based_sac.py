@@ -29,6 +29,7 @@ from offrl.models.dynamics import DynamicsModel
 from offrl.models.fitting import FitSettings, fit_dynamics
 from offrl.models.rollouts import SAC_KEYS, ModelBuffer, rollout
 from offrl.models.windows import window_starts
+from offrl.nn.optim import adam
 
 
 class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
@@ -134,10 +135,10 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
 
     def configure_optimizers(self):
         hp, groups = self.hparams, self.agent.parameter_groups()
-        optimizers = [torch.optim.Adam(groups["critic"], lr=hp.critic_lr)]
+        optimizers = [adam(groups["critic"], lr=hp.critic_lr)]
         if groups["alpha"]:
-            optimizers.append(torch.optim.Adam(groups["alpha"], lr=hp.alpha_lr))
-        actor = torch.optim.Adam(groups["actor"], lr=hp.actor_lr)
+            optimizers.append(adam(groups["alpha"], lr=hp.alpha_lr))
+        actor = adam(groups["actor"], lr=hp.actor_lr)
         steps = hp.actor_cosine_steps or self.trainer.max_steps
         if steps is None or steps < 1:
             raise OffrlError("set trainer.max_steps or model.actor_cosine_steps: the actor's cosine schedule needs a length")

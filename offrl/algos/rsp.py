@@ -30,6 +30,7 @@ from offrl.errors import OffrlError
 from offrl.nn.action_bounds import clamp_action, register_action_bounds
 from offrl.nn.init import orthogonal_init_
 from offrl.nn.mlp import GaussianMLP, Normalizer
+from offrl.nn.optim import adam
 from offrl.objectives.rsp import noisy_subgoals, planner_losses
 
 TRAINING_MODES = ("stagewise", "joint")
@@ -243,7 +244,7 @@ class RSP(OfflineAlgorithm):
     def configure_optimizers(self):
         # One Adam over every parameter: a stage's loss reaches only its own network, and Adam skips parameters
         # without gradients, so each network's moments start fresh at its stage, as with one optimiser per stage.
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        optimizer = adam(self.parameters(), lr=self.hparams.lr)
         steps, schedule = self.hparams.steps_per_stage, self.hparams.lr_schedule
 
         def lr_factor(step: int) -> float:

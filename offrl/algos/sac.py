@@ -20,6 +20,7 @@ from offrl.errors import OffrlError
 from offrl.nn.action_bounds import from_unit_box, register_action_bounds, to_unit_box
 from offrl.nn.ensemble import ensemble_mlp
 from offrl.nn.mlp import GaussianMLP, frozen
+from offrl.nn.optim import adam
 from offrl.objectives.bc import gaussian_log_prob
 from offrl.objectives.sac import sac_actor_loss, sac_critic_loss, sac_temperature_loss
 from offrl.objectives.value import polyak_update
@@ -200,7 +201,7 @@ class SAC(SACUpdates, OfflineAlgorithm):
         groups = self.agent.parameter_groups()
         learning_rates = {"critic": self.hparams.critic_lr, "alpha": self.hparams.alpha_lr, "actor": self.hparams.actor_lr}
         # One optimiser per network; OfflineAlgorithm.update steps them all after one backward.
-        return [torch.optim.Adam(groups[name], lr=lr) for name, lr in learning_rates.items() if groups[name]]
+        return [adam(groups[name], lr=lr) for name, lr in learning_rates.items() if groups[name]]
 
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         return self.agent.act(observation, deterministic=True)

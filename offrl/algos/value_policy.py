@@ -43,6 +43,7 @@ from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 from offrl.nn.action_bounds import clamp_action, from_unit_box, register_action_bounds
 from offrl.nn.mlp import GaussianMLP, Normalizer, frozen, joined, mlp
+from offrl.nn.optim import adam
 from offrl.objectives.bc import gaussian_log_prob, gaussian_nll, mse
 from offrl.objectives.extraction import awr_loss, ddpgbc_loss, sfbc_select
 
@@ -199,7 +200,7 @@ class ValuePolicy(OfflineAlgorithm):
 
     def configure_optimizers(self):
         networks = [self.critic, self.value_net, self.actor] if self.value_net is not None else [self.critic, self.actor]
-        optimizers = [torch.optim.Adam(network.parameters(), lr=self.hparams.lr) for network in networks]
+        optimizers = [adam(network.parameters(), lr=self.hparams.lr) for network in networks]
         if self.hparams.actor_cosine_steps is None:
             return optimizers
         return optimizers, [cosine_decay(optimizers[-1], self.hparams.actor_cosine_steps)]

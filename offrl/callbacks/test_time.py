@@ -30,6 +30,7 @@ from offrl.envs.evaluation import ActFn
 from offrl.errors import OffrlError
 from offrl.objectives.bc import mse
 from offrl.nn.mlp import frozen, joined
+from offrl.nn.optim import adam
 from offrl.objectives.extraction import ddpgbc_loss, opex_step
 
 
@@ -145,7 +146,7 @@ class TTT(TestTimeImprovement):
         with torch.inference_mode(False):
             trained = copy.deepcopy(module.actor.state_dict())
             reference = copy.deepcopy(module.actor).requires_grad_(False)
-        optimizer = torch.optim.Adam(module.actor.parameters(), lr=self.lr)
+        optimizer = adam(module.actor.parameters(), lr=self.lr)
 
         def ttt_act(observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
             with torch.inference_mode(False), torch.enable_grad():

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from offrl.errors import OffrlError
 from offrl.models.dynamics import DynamicsModel
 from offrl.models.windows import window_starts, window_targets
+from offrl.nn.optim import adam
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def fit_dynamics(model: DynamicsModel, transitions: TensorDict, settings: FitSet
     ends with its best hold-out parameters (per member for an ensemble), then `model.after_fit` (elites)."""
     train_starts, holdout_starts = split_windows(transitions, model.max_window, settings)
     updates = settings.updates_per_epoch or max(len(train_starts[0]) // settings.batch_size, 1) * model.max_window
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    optimizer = adam(model.parameters(), lr=settings.lr)
     best_errors = torch.tensor([float("inf")])  # the best hold-out score so far; broadcasts to [E] for an ensemble
     best_state, since_best, history = copy.deepcopy(model.state_dict()), 0, []
     model.train()
