@@ -13,7 +13,9 @@ sampler without Lightning. `--repeats` offrl/plain pairs run back to back and th
 
 The yardstick is the machine: the update's FLOPs are counted by torch.utils.flop_counter.FlopCounterMode on one
 eager update, and this process measures its own matmul peak (a 2048 x 2048 float32 matmul at the same thread
-count); `fraction_of_matmul_peak` is the offrl loop's achieved FLOP rate over that peak.
+count); `fraction_of_matmul_peak` is the offrl loop's achieved FLOP rate over that peak. On a CPU,
+`matmul_share_of_eager_update` is the eager plain update's time in matmul kernels (torch.profiler) over its
+wall time, and `speedup_bound_with_matmuls_unchanged` its inverse: the most compiling everything else can give.
 """
 
 from __future__ import annotations
@@ -183,6 +185,25 @@ def update_flops(model: OfflineAlgorithm, datamodule) -> int:
     return counter.get_total_flops()
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_seconds_per_update(model: OfflineAlgorithm, datamodule, updates: int = 20) -> float:
+    """CPU seconds one eager update spends inside matmul kernels (their self time under torch.profiler, without
+    record_shapes, which would inflate the small ops): the part a compiler that keeps the matmuls cannot shrink."""
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizers, _ = fresh_optimizers(model)
+    batches = [datamodule.sample(datamodule.batch_size) for _ in range(updates + 5)]
+    for update, batch in enumerate(batches[:5]):
+        model.update(batch, optimizers, variant=model.variant_at(update))
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for update, batch in enumerate(batches[5:]):
+            model.update(batch, optimizers, variant=model.variant_at(update))
+    micros = sum(event.self_cpu_time_total for event in profiler.key_averages() if event.key in MATMUL_OPS)
+    return micros / 1e6 / updates
+
+
 def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 20) -> float:
     """FLOP/s of a size x size float32 matmul on `device` at the current thread count (best of `repeats`)."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
@@ -305,6 +326,12 @@ def main() -> None:
             "fraction_of_matmul_peak": round(flops * args.steps / offrl.wall / peak, 3),
         }
     )
+    if args.device == "cpu":
+        # Amdahl: the eager plain update's share of matmul time bounds what compiling the rest could gain.
+        eager_seconds = (eager if accelerated_run else plain).wall / args.steps
+        share = min(matmul_seconds_per_update(model, datamodule) / eager_seconds, 1.0)
+        result["matmul_share_of_eager_update"] = round(share, 3)
+        result["speedup_bound_with_matmuls_unchanged"] = round(1 / share, 2)
     print(json.dumps(result))
 
 
