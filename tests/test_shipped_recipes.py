@@ -119,11 +119,11 @@ def test_td3bc_actor_follows_the_first_critic_only(dataset, in_tmp_dir):
     cli.trainer.fit(cli.model, cli.datamodule)
     model, batch = cli.model, cli.datamodule.sample(16)
     obs, goal = model.normalized_inputs(batch["observation"], None)
-    before = ddpgbc_actor_loss(model, obs, goal, batch["action"])
+    before = ddpgbc_actor_loss(model, obs, goal, batch["action"], None, None)
     with torch.no_grad():
         for parameter in model.critic.parameters():
             parameter[1].mul_(-3.0)  # the second twin only (ensemble members are the leading dimension)
-    assert torch.equal(ddpgbc_actor_loss(model, obs, goal, batch["action"]), before)
+    assert torch.equal(ddpgbc_actor_loss(model, obs, goal, batch["action"], None, None), before)
 
 
 def test_every_shipped_config_cites_its_source_and_nothing_is_recalled():

@@ -58,6 +58,24 @@ def test_pair_trains_with_falling_critic_loss_and_bounded_actions(in_tmp_dir, va
         assert torch.equal(action, model.act(batch["observation"], goal))
 
 
+@pytest.mark.parametrize("value", ["sarsa", "iql", "crl"])
+def test_awr_reads_the_value_losses_q_and_v_as_its_own_forward_passes_would(in_tmp_dir, value):
+    """AWR's advantage comes from the Q and V the value losses already computed on the batch: the same actor loss
+    as forward passes of the current critic and value of its own."""
+    from offrl.algos.value_policy import awr_actor_loss
+
+    L.seed_everything(0)
+    datamodule = small_datamodule(goal_conditioned=value == "crl")
+    model = ValuePolicy(value, "awr", hidden_dims=[32, 32], repr_dim=16, lr=1e-3, discount=0.9)
+    trainer(max_steps=50).fit(model, datamodule)
+    batch = datamodule.sample(256)
+    with torch.no_grad():
+        shared = model.losses(batch)["actor_loss"]
+        obs, goal = model.normalized_inputs(batch["observation"], batch.get("goal"))
+        fresh = awr_actor_loss(model, obs, goal, batch["action"], None, None)
+    torch.testing.assert_close(shared, fresh, rtol=1e-6, atol=0.0)
+
+
 def test_crl_refuses_reward_tasks(in_tmp_dir):
     with pytest.raises(OffrlError, match="goal-conditioned only"):
         trainer(max_steps=1).fit(ValuePolicy("crl", "ddpgbc", hidden_dims=[8]), small_datamodule(goal_conditioned=False))

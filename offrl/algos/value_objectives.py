@@ -92,22 +92,26 @@ class SARSA:
     def next_action(self, module, batch: TensorDict, next_obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
         return batch["next", "action"]
 
-    def critic_loss(self, module, batch: TensorDict, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+    def critic_loss(self, module, batch: TensorDict, obs: torch.Tensor, goal: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The critic's loss, and its Q(s, a[, g]) of every twin on the batch, detached ([E, B]: AWR's advantage
+        reads it instead of a second forward pass)."""
         next_obs = module.observation_normalizer(batch["next", "observation"])
         reward, terminated = module.reward_and_termination(batch)
         q = self.q_values(module.critic, obs, goal, batch["action"])
         with torch.no_grad():
             next_action = self.next_action(module, batch, next_obs, goal)
             q_next = self.q_values(module.target_critic, next_obs, goal, next_action)
-        return sarsa_q_loss(q, reward, self.hp.discount, terminated, q_next)
+        return sarsa_q_loss(q, reward, self.hp.discount, terminated, q_next), q.detach()
 
     def value_expectile(self) -> float:
         return 0.5
 
-    def value_loss(self, module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+    def value_loss(self, module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """V's loss, and V(s[, g]) on the batch, detached ([B])."""
         with torch.no_grad():
             q_target = self.q_values(module.target_critic, obs, goal, action)
-        return iql_value_loss(self.state_value(module.value_net, obs, goal), q_target, self.value_expectile())
+        v = self.state_value(module.value_net, obs, goal)
+        return iql_value_loss(v, q_target, self.value_expectile()), v.detach()
 
     def update_targets(self, module) -> None:
         polyak_update(module.target_critic.parameters(), module.critic.parameters(), self.hp.tau)
@@ -121,12 +125,13 @@ class IQL(SARSA):
     def prepare(self, transitions: TensorDict) -> None:
         """IQL never reads a'."""
 
-    def critic_loss(self, module, batch: TensorDict, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+    def critic_loss(self, module, batch: TensorDict, obs: torch.Tensor, goal: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         next_obs = module.observation_normalizer(batch["next", "observation"])
         reward, terminated = module.reward_and_termination(batch)
         q = self.q_values(module.critic, obs, goal, batch["action"])
-        next_value = self.state_value(module.value_net, next_obs, goal)
-        return iql_q_loss(q, reward, self.hp.discount, terminated, next_value)
+        with torch.no_grad():
+            next_value = self.state_value(module.value_net, next_obs, goal)
+        return iql_q_loss(q, reward, self.hp.discount, terminated, next_value), q.detach()
 
     def value_expectile(self) -> float:
         return self.hp.expectile
@@ -197,11 +202,13 @@ class CRL(SARSA):
     def state_value(self, value_net: nn.Module, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
         return value_net(obs, goal).squeeze(0)
 
-    def critic_loss(self, module, batch: TensorDict, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
-        return contrastive_critic_loss(*module.critic.representations(joined(obs, batch["action"]), goal))
+    def critic_loss(self, module, batch: TensorDict, obs: torch.Tensor, goal: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        representations = module.critic.representations(joined(obs, batch["action"]), goal)
+        return contrastive_critic_loss(*representations), contrastive_critic_value(*representations).detach()
 
-    def value_loss(self, module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
-        return contrastive_critic_loss(*module.value_net.representations(obs, goal))
+    def value_loss(self, module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        representations = module.value_net.representations(obs, goal)
+        return contrastive_critic_loss(*representations), contrastive_critic_value(*representations).squeeze(0).detach()
 
     def update_targets(self, module) -> None:
         """No target network."""

@@ -268,15 +268,16 @@ class ValuePolicy(OfflineAlgorithm):
         """Every loss of one update, all from the current parameters."""
         objective = self.value_objective
         obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
-        losses = {"critic_loss": objective.critic_loss(self, batch, obs, goal)}
+        critic_loss, q = objective.critic_loss(self, batch, obs, goal)
+        losses, v = {"critic_loss": critic_loss}, None
         if self.value_net is not None:
-            losses["value_loss"] = objective.value_loss(self, obs, goal, batch["action"])
+            losses["value_loss"], v = objective.value_loss(self, obs, goal, batch["action"])
         if not self.running_variant():
             return losses
-        if "policy" in batch.keys():
-            batch = batch["policy"]
+        if "policy" in batch.keys():  # the actor's own share of the data: no value of it is computed yet
+            batch, q, v = batch["policy"], None, None
             obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
-        losses["actor_loss"] = EXTRACTIONS[self.hparams.extraction](self, obs, goal, batch["action"])
+        losses["actor_loss"] = EXTRACTIONS[self.hparams.extraction](self, obs, goal, batch["action"], q, v)
         return losses
 
     def variant_at(self, update: int) -> bool:
@@ -290,19 +291,30 @@ class ValuePolicy(OfflineAlgorithm):
 
 
 # -- policy extraction: the actor's loss of each method, and SfBC's action ------------------------------------
+# Each takes the actor's batch and, when the value losses ran on the same batch, what they computed of it with the
+# current parameters: q, the critic's Q(s, a[, g]) of every twin [E, B], and v, V(s[, g]) [B], detached (else None).
 
 
-def awr_actor_loss(module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
-    """Advantage-weighted regression: maximise exp(temperature * (Q - V)) log pi(a | s) on dataset actions."""
+def awr_actor_loss(
+    module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor,
+    q: torch.Tensor | None, v: torch.Tensor | None,
+) -> torch.Tensor:
+    """Advantage-weighted regression: maximise exp(temperature * (Q - V)) log pi(a | s) on dataset actions, with
+    the current critic and value (OGBench's gciql)."""
     hp = module.hparams
     mean, log_std = module.actor(joined(obs, goal))
     log_prob = gaussian_log_prob(mean, log_std, action)
     with torch.no_grad():
-        advantage = module.q_value(obs, goal, action) - module.state_value(obs, goal)
+        q = module.q_values(module.critic, obs, goal, action) if q is None else q
+        v = module.state_value(obs, goal) if v is None else v
+        advantage = q.min(0).values - v
     return awr_loss(log_prob, advantage, hp.awr_temperature, hp.awr_max_weight)
 
 
-def ddpgbc_actor_loss(module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+def ddpgbc_actor_loss(
+    module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor,
+    q: torch.Tensor | None, v: torch.Tensor | None,
+) -> torch.Tensor:
     """DDPG+BC: maximise Q(s, pi(s)) / sg(mean |Q|) minus alpha times a BC term (the Gaussian's -log pi(a | s), or
     a deterministic actor's ||pi(s) - a||^2), through a frozen critic."""
     hp, actor_input = module.hparams, joined(obs, goal)
@@ -317,7 +329,10 @@ def ddpgbc_actor_loss(module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor
     return ddpgbc_loss(q_pi, bc_term, hp.ddpgbc_alpha, hp.normalize_q)
 
 
-def sfbc_actor_loss(module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> torch.Tensor:
+def sfbc_actor_loss(
+    module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor,
+    q: torch.Tensor | None, v: torch.Tensor | None,
+) -> torch.Tensor:
     """SfBC trains its behaviour policy by BC; the critic acts only at act time (sfbc_action)."""
     return gaussian_nll(*module.actor(joined(obs, goal)), action)
 
