@@ -21,7 +21,10 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_members, 1, out_dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(x, self.weight) + self.bias
+        # baddbmm starts the matmul from the bias: one kernel, no [E, B, out] product to add it to afterwards.
+        if x.dim() == 2:
+            x = x.expand(self.weight.shape[0], *x.shape)
+        return torch.baddbmm(self.bias, x, self.weight)
 
     def member_forward(self, x: torch.Tensor, member: int) -> torch.Tensor:
         """Member `member` alone: [B, in] -> [B, out]."""
