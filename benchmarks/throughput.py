@@ -173,16 +173,18 @@ def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_gr
     return clock
 
 
-def update_flops(model: OfflineAlgorithm, datamodule) -> int:
+def update_flops(model: OfflineAlgorithm, datamodule, updates: int = 4) -> int:
     """FLOPs of one eager update (forward, backward, optimiser steps) as FlopCounterMode counts them: matmuls and
-    convolutions, which is what the matmul peak measures too."""
+    convolutions, which is what the matmul peak measures too. The mean over `updates` consecutive updates, so that
+    variants count at their share of the timed loop (TD3's actor steps on every second update)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     optimizers, _ = fresh_optimizers(model)
-    batch = datamodule.sample(datamodule.batch_size)
+    batches = [datamodule.sample(datamodule.batch_size) for _ in range(updates)]
     with FlopCounterMode(display=False) as counter:
-        model.update(batch, optimizers, variant=model.variant_at(0))
-    return counter.get_total_flops()
+        for update, batch in enumerate(batches):
+            model.update(batch, optimizers, variant=model.variant_at(update))
+    return counter.get_total_flops() // updates
 
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
