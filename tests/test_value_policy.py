@@ -58,22 +58,33 @@ def test_pair_trains_with_falling_critic_loss_and_bounded_actions(in_tmp_dir, va
         assert torch.equal(action, model.act(batch["observation"], goal))
 
 
-@pytest.mark.parametrize("value", ["sarsa", "iql", "crl"])
-def test_awr_reads_the_value_losses_q_and_v_as_its_own_forward_passes_would(in_tmp_dir, value):
+@pytest.mark.parametrize("value,awr_critic", [("sarsa", "current"), ("iql", "current"), ("crl", "current"), ("sarsa", "target"), ("iql", "target")])
+def test_awr_reads_the_value_losses_q_and_v_as_its_own_forward_passes_would(in_tmp_dir, value, awr_critic):
     """AWR's advantage comes from the Q and V the value losses already computed on the batch: the same actor loss
-    as forward passes of the current critic and value of its own."""
+    as forward passes of its own through the critic it names (current or target) and the value, and a different
+    one from the other critic."""
     from offrl.algos.value_policy import awr_actor_loss
 
     L.seed_everything(0)
     datamodule = small_datamodule(goal_conditioned=value == "crl")
-    model = ValuePolicy(value, "awr", hidden_dims=[32, 32], repr_dim=16, lr=1e-3, discount=0.9)
+    model = ValuePolicy(value, "awr", hidden_dims=[32, 32], repr_dim=16, lr=1e-3, discount=0.9, awr_critic=awr_critic)
     trainer(max_steps=50).fit(model, datamodule)
     batch = datamodule.sample(256)
     with torch.no_grad():
         shared = model.losses(batch)["actor_loss"]
         obs, goal = model.normalized_inputs(batch["observation"], batch.get("goal"))
         fresh = awr_actor_loss(model, obs, goal, batch["action"], None, None)
-    torch.testing.assert_close(shared, fresh, rtol=1e-6, atol=0.0)
+        torch.testing.assert_close(shared, fresh, rtol=1e-6, atol=0.0)
+        if value != "crl":
+            model.hparams.awr_critic = "current" if awr_critic == "target" else "target"
+            assert not torch.allclose(awr_actor_loss(model, obs, goal, batch["action"], None, None), shared, rtol=1e-4)
+
+
+def test_awr_from_a_target_critic_is_refused_for_crl_which_has_none():
+    with pytest.raises(OffrlError, match="awr_critic target needs a target critic"):
+        ValuePolicy("crl", "awr", awr_critic="target")
+    with pytest.raises(OffrlError, match="model.awr_critic must be one of"):
+        ValuePolicy("iql", "awr", awr_critic="online")
 
 
 def test_crl_refuses_reward_tasks(in_tmp_dir):

@@ -51,6 +51,7 @@ class SARSA:
     """In-sample TD learning of the behaviour's Q (see the module docstring). `module` is the ValuePolicy."""
 
     learns_state_value = False  # V is learned only when the extraction needs it (AWR's advantage)
+    has_target_critic = True
     has_target_actor = False
     goals_only = False
 
@@ -106,12 +107,15 @@ class SARSA:
     def value_expectile(self) -> float:
         return 0.5
 
-    def value_loss(self, module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """V's loss, and V(s[, g]) on the batch, detached ([B])."""
+    def value_loss(
+        self, module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """V's loss, V(s[, g]) on the batch, detached ([B]), and the target critic's Q(s, a[, g]) of every twin it
+        regressed on ([E, B]; None without a target critic)."""
         with torch.no_grad():
             q_target = self.q_values(module.target_critic, obs, goal, action)
         v = self.state_value(module.value_net, obs, goal)
-        return iql_value_loss(v, q_target, self.value_expectile()), v.detach()
+        return iql_value_loss(v, q_target, self.value_expectile()), v.detach(), q_target
 
     def update_targets(self, module) -> None:
         polyak_update(module.target_critic.parameters(), module.critic.parameters(), self.hp.tau)
@@ -185,6 +189,7 @@ class CRL(SARSA):
     """Contrastive RL: no TD target, no target network; V (for AWR) is a contrastive critic of s alone."""
 
     goals_only = True
+    has_target_critic = False
 
     def build_critic(self, obs_dim: int, goal_dim: int, action_dim: int, hidden: Sequence[int]) -> tuple[nn.Module, nn.Module | None]:
         hp = self.hp
@@ -206,9 +211,11 @@ class CRL(SARSA):
         representations = module.critic.representations(joined(obs, batch["action"]), goal)
         return contrastive_critic_loss(*representations), contrastive_critic_value(*representations).detach()
 
-    def value_loss(self, module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def value_loss(
+        self, module, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
         representations = module.value_net.representations(obs, goal)
-        return contrastive_critic_loss(*representations), contrastive_critic_value(*representations).squeeze(0).detach()
+        return contrastive_critic_loss(*representations), contrastive_critic_value(*representations).squeeze(0).detach(), None
 
     def update_targets(self, module) -> None:
         """No target network."""

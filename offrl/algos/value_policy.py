@@ -4,7 +4,9 @@ arXiv 2406.09329). No official code exists; OGBench's agents by the same author 
 Value objectives (`value`): "sarsa", "iql", "crl" (goal tasks only), "td3"; one class each in
 offrl.algos.value_objectives.
 Policy extraction (`extraction`):
-- "awr": maximise exp(temperature * A(s, a)) * log pi(a | s) on dataset actions, A = Q - V.
+- "awr": maximise exp(temperature * A(s, a)) * log pi(a | s) on dataset actions, A = Q - V, with Q from the current
+  critic (OGBench's gciql, `awr_critic: current`) or its Polyak target (IQL's official code and CORL,
+  `awr_critic: target`).
 - "ddpgbc": maximise Q(s, pi(s)) / sg(mean |Q|) minus alpha times a BC term (-log pi(a | s), or ||pi(s) - a||^2
   for a deterministic actor, which with alpha = 0.4 / action_dim is TD3+BC).
 - "sfbc": fit pi by BC (a Gaussian whose std is always learned: it is the behaviour distribution the candidates
@@ -48,6 +50,7 @@ from offrl.objectives.bc import gaussian_log_prob, gaussian_nll, mse
 from offrl.objectives.extraction import awr_loss, ddpgbc_loss, sfbc_select
 
 ACTOR_KINDS = ("gaussian", "deterministic")
+AWR_CRITICS = ("current", "target")
 REWARD_NORMALIZATIONS = ("none", "return_range")
 
 
@@ -72,6 +75,7 @@ class ValuePolicy(OfflineAlgorithm):
         expectile: float = 0.7,
         awr_temperature: float = 3.0,
         awr_max_weight: float = 100.0,
+        awr_critic: str = "current",
         ddpgbc_alpha: float = 0.3,
         normalize_q: bool = True,
         sfbc_num_samples: int = 32,
@@ -101,6 +105,8 @@ class ValuePolicy(OfflineAlgorithm):
             expectile: IQL's expectile for V (SARSA's V, needed by AWR, uses 0.5: the behaviour's value).
             awr_temperature: AWR inverse temperature alpha in exp(alpha * A).
             awr_max_weight: cap on the AWR weights.
+            awr_critic: the critic whose Q (min over the twins) AWR's advantage Q - V uses: "current" (OGBench's
+                gciql) or "target", the Polyak-averaged one (IQL's official actor.py and CORL's iql.py).
             ddpgbc_alpha: weight of the BC term in DDPG+BC.
             normalize_q: divide the DDPG+BC Q term by sg(mean |Q|) (TD3+BC's normalisation).
             sfbc_num_samples: N, behaviour actions sampled per state by SfBC at act time.
@@ -130,6 +136,8 @@ class ValuePolicy(OfflineAlgorithm):
             raise OffrlError(f"model.extraction must be one of {tuple(EXTRACTIONS)}, got {extraction!r}")
         if actor not in ACTOR_KINDS:
             raise OffrlError(f"model.actor must be one of {ACTOR_KINDS}, got {actor!r}")
+        if awr_critic not in AWR_CRITICS:
+            raise OffrlError(f"model.awr_critic must be one of {AWR_CRITICS}, got {awr_critic!r}")
         if actor == "deterministic" and extraction != "ddpgbc":
             raise OffrlError(f"model.extraction {extraction!r} needs action likelihoods; use model.actor gaussian")
         if lr <= 0:
@@ -150,6 +158,8 @@ class ValuePolicy(OfflineAlgorithm):
             raise OffrlError(f"model.actor_cosine_steps must be a positive integer or null, got {actor_cosine_steps}")
         self.save_hyperparameters()
         self.value_objective = VALUE_OBJECTIVES[value](self.hparams)
+        if extraction == "awr" and awr_critic == "target" and not self.value_objective.has_target_critic:
+            raise OffrlError(f"model.awr_critic target needs a target critic and value {value!r} has none; use awr_critic current")
 
     @property
     def algorithm_name(self) -> str:
@@ -269,11 +279,12 @@ class ValuePolicy(OfflineAlgorithm):
         objective = self.value_objective
         obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
         critic_loss, q = objective.critic_loss(self, batch, obs, goal)
-        losses, v = {"critic_loss": critic_loss}, None
+        losses, v, target_q = {"critic_loss": critic_loss}, None, None
         if self.value_net is not None:
-            losses["value_loss"], v = objective.value_loss(self, obs, goal, batch["action"])
+            losses["value_loss"], v, target_q = objective.value_loss(self, obs, goal, batch["action"])
         if not self.running_variant():
             return losses
+        q = target_q if self.hparams.awr_critic == "target" else q
         if "policy" in batch.keys():  # the actor's own share of the data: no value of it is computed yet
             batch, q, v = batch["policy"], None, None
             obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
@@ -291,21 +302,24 @@ class ValuePolicy(OfflineAlgorithm):
 
 
 # -- policy extraction: the actor's loss of each method, and SfBC's action ------------------------------------
-# Each takes the actor's batch and, when the value losses ran on the same batch, what they computed of it with the
-# current parameters: q, the critic's Q(s, a[, g]) of every twin [E, B], and v, V(s[, g]) [B], detached (else None).
+# Each takes the actor's batch and, when the value losses ran on the same batch, what they computed of it: q, the
+# Q(s, a[, g]) of every twin [E, B] of the critic AWR reads (model.awr_critic), and v, V(s[, g]) [B], detached (else
+# None).
 
 
 def awr_actor_loss(
     module: ValuePolicy, obs: torch.Tensor, goal: torch.Tensor | None, action: torch.Tensor,
     q: torch.Tensor | None, v: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Advantage-weighted regression: maximise exp(temperature * (Q - V)) log pi(a | s) on dataset actions, with
-    the current critic and value (OGBench's gciql)."""
+    """Advantage-weighted regression: maximise exp(temperature * (Q - V)) log pi(a | s) on dataset actions, Q from
+    the critic `model.awr_critic` names, V the current value."""
     hp = module.hparams
     mean, log_std = module.actor(joined(obs, goal))
     log_prob = gaussian_log_prob(mean, log_std, action)
     with torch.no_grad():
-        q = module.q_values(module.critic, obs, goal, action) if q is None else q
+        if q is None:
+            critic = module.target_critic if hp.awr_critic == "target" else module.critic
+            q = module.q_values(critic, obs, goal, action)
         v = module.state_value(obs, goal) if v is None else v
         advantage = q.min(0).values - v
     return awr_loss(log_prob, advantage, hp.awr_temperature, hp.awr_max_weight)
