@@ -21,7 +21,6 @@ wall time, and `speedup_bound_with_matmuls_unchanged` its inverse: the most comp
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import json
 import os
@@ -149,7 +148,7 @@ def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_gr
     # One update function per variant, as the module's update_fn keeps (TD3's delayed actor steps alternate).
     variants = [model.variant_at(update) for update in range(args.warmup + args.steps)]
     updates = {
-        variant: accelerated(functools.partial(model.update, optimizers=optimizers, variant=variant), compile, cuda_graphs, model.device)
+        variant: accelerated(model, optimizers, variant, compile, cuda_graphs)
         for variant in set(variants)
     }
     batch_size = datamodule.batch_size

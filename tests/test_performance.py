@@ -257,3 +257,10 @@ def test_evaluation_parallel_setting_reaches_the_env_built_for_fit():
         callback.on_fit_start(FitTrainer(), None)
         assert isinstance(callback.env, kind)
         callback.env.close()
+
+
+def test_compile_on_more_than_one_device_is_refused_in_one_sentence():
+    """The one-graph update's gradients never pass DDP's all-reduce hooks, so each process would train alone."""
+    trainer = type("Trainer", (), {"world_size": 2})()
+    with pytest.raises(OffrlError, match="performance.compile works on one device"):
+        UpdateLoop(compile=True).setup(trainer, BC(hidden_dims=[16]), "fit")

@@ -15,6 +15,8 @@ from tensordict import TensorDict
 from offrl import lightning_adapter
 from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
+from offrl.nn.mlp import with_parameters
+from offrl.nn.optim import adam_step_in_graph
 
 UpdateFn = Callable[[TensorDict], dict[str, torch.Tensor]]
 
@@ -43,23 +45,87 @@ def let_gcc_vectorize_inductor_loops() -> None:
         inductor_config.cpp.march = "native -ftree-loop-vectorize"
 
 
-def accelerated(update: UpdateFn, compile: bool, cuda_graphs: bool, device: torch.device) -> UpdateFn:
-    """`update` compiled by torch.compile and/or captured whole (forward, backward, optimiser steps) as a CUDA
-    graph that is replayed on every later batch of the same shapes (tensordict's CudaGraphModule)."""
+def accelerated(
+    module: OfflineAlgorithm,
+    optimizers: list[torch.optim.Optimizer],
+    variant: Hashable,
+    compile: bool,
+    cuda_graphs: bool,
+    before_backward: Callable[[torch.Tensor], None] | None = None,
+) -> UpdateFn:
+    """`module.update` of one variant: eager, compiled as one graph (`CompiledUpdate`) and/or captured whole
+    (forward, backward, optimiser steps) as a CUDA graph that is replayed on every later batch of the same shapes
+    (tensordict's CudaGraphModule)."""
     if compile:
-        if device.type == "cpu":
+        if module.device.type == "cpu":
             let_gcc_vectorize_inductor_loops()
-        update = torch.compile(update)
+        update = CompiledUpdate(module, optimizers, variant)
+    else:
+        update = functools.partial(module.update, optimizers=optimizers, before_backward=before_backward, variant=variant)
     if cuda_graphs:
-        if device.type != "cuda":
-            raise OffrlError(f"CUDA-graph updates need a cuda device, got {device}; set performance.cuda_graphs false")
+        if module.device.type != "cuda":
+            raise OffrlError(f"CUDA-graph updates need a cuda device, got {module.device}; set performance.cuda_graphs false")
         from tensordict.nn import CudaGraphModule
 
         # CudaGraphModule takes and returns TensorDicts: the batch is copied into the captured input, losses out.
         losses_td = functools.partial(_losses_as_tensordict, update)
-        graphed = CudaGraphModule(losses_td, in_keys=[], warmup=3 if compile else 2, device=device)
+        graphed = CudaGraphModule(losses_td, in_keys=[], warmup=3 if compile else 2, device=module.device)
         update = functools.partial(_losses_as_dict, graphed)
     return update
+
+
+class CompiledUpdate:
+    """`module.update` of one variant as ONE torch.compile graph. Gradients come from torch.func.grad of the summed
+    losses instead of `backward()`, and each Adam steps through `adam_step_in_graph`: torch.compile graph-breaks at
+    `backward()` and around every `optimizer.step()`, and the ~10 pieces of a compiled update each pay a guard
+    check and lose the fusion across their borders (benchmarks/README.md). The first call runs the eager update,
+    which creates the optimisers' state and shows which parameters this variant's losses reach: only those step
+    later, as in eager, where a parameter without a gradient does not step (TD3's actor between its updates).
+    One device only (UpdateLoop refuses more): the gradients pass neither DDP's hooks nor the strategy's
+    before-backward hook."""
+
+    def __init__(self, module: OfflineAlgorithm, optimizers: list[torch.optim.Optimizer], variant: Hashable):
+        self.module, self.optimizers, self.variant = module, optimizers, variant
+        self.graph: UpdateFn | None = None
+
+    def __call__(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        if self.graph is not None:
+            self.module._running_variant = self.variant  # set outside the graph: dynamo traces no module mutation
+            return self.graph(batch)
+        losses = self.module.update(batch, self.optimizers, variant=self.variant)
+        names = {parameter: name for name, parameter in self.module.named_parameters()}
+        stepped = [[[p for p in group["params"] if p.grad is not None] for group in optimizer.param_groups] for optimizer in self.optimizers]
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    parameter.grad = None  # the graph's gradients never land in .grad
+        trained = {names[p]: p for groups in stepped for group in groups for p in group}
+        update = functools.partial(_update_in_one_graph, self.module, self.optimizers, trained, stepped, names)
+        self.graph = torch.compile(update, fullgraph=True)
+        return losses
+
+
+def _update_in_one_graph(
+    module: OfflineAlgorithm,
+    optimizers: list[torch.optim.Optimizer],
+    trained: dict[str, torch.nn.Parameter],
+    stepped: list[list[list[torch.nn.Parameter]]],
+    names: dict[torch.nn.Parameter, str],
+    batch: TensorDict,
+) -> dict[str, torch.Tensor]:
+    """`OfflineAlgorithm.update` (same losses, same summed gradient, same steps) in a form torch.compile traces whole."""
+
+    def summed_losses(parameters: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with with_parameters(module, parameters):
+            losses = module.losses(batch)
+        return torch.stack(list(losses.values())).sum(), losses
+
+    gradients, losses = torch.func.grad(summed_losses, has_aux=True)(trained)
+    with torch.no_grad():
+        for optimizer, groups in zip(optimizers, stepped):
+            adam_step_in_graph(optimizer, groups, [[gradients[names[p]] for p in group] for group in groups])
+        module.after_optimizer_step()
+    return {name: loss.detach() for name, loss in losses.items()}
 
 
 def apply_gradients(
@@ -219,10 +285,9 @@ class OfflineAlgorithm(L.LightningModule):
             optimizers = self.torch_optimizers()
             if self.compile_update or self.cuda_graph_update:
                 prepare_optimizers_for_capture(optimizers, self.device)
-            update = functools.partial(
-                self.update, optimizers=optimizers, before_backward=self.trainer.strategy.pre_backward, variant=variant
+            self._update_fns[variant] = accelerated(
+                self, optimizers, variant, self.compile_update, self.cuda_graph_update, self.trainer.strategy.pre_backward
             )
-            self._update_fns[variant] = accelerated(update, self.compile_update, self.cuda_graph_update, self.device)
         return self._update_fns[variant]
 
     def training_step(self, batch: TensorDict | list[TensorDict], batch_idx: int) -> dict[str, torch.Tensor]:

@@ -46,7 +46,7 @@ class UpdateLoop(L.Callback):
             updates_per_step: updates (each on a fresh batch) per trainer step; more spreads the trainer's
                 per-step hooks over several updates. data.steps_per_epoch, checkpoint.every_n_train_steps and
                 trainer.log_every_n_steps (all counted in updates) must be multiples of it.
-            compile: compile the update with torch.compile.
+            compile: compile the whole update as one torch.compile graph (one device).
             cuda_graphs: capture the update as one CUDA graph and replay it (cuda devices only).
         """
         if updates_per_step < 1:
@@ -60,6 +60,8 @@ class UpdateLoop(L.Callback):
             return
         if self.cuda_graphs and trainer.world_size > 1:
             raise OffrlError("performance.cuda_graphs works on one device (a replayed graph skips DDP's gradient hooks); set it false")
+        if self.compile and trainer.world_size > 1:
+            raise OffrlError("performance.compile works on one device (its one-graph update computes gradients past DDP's all-reduce hooks); set it false")
         datamodule, per_step = trainer.datamodule, self.updates_per_step
         # Everything that happens every N updates starts on a trainer step, so N must be a multiple of K.
         cadences = [("data.steps_per_epoch", datamodule.steps_per_epoch), ("trainer.log_every_n_steps", trainer.log_every_n_steps)]

@@ -4,10 +4,11 @@ their parameters frozen."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.stateless import _reparametrize_module  # functional_call's context manager
 
 
 def mlp(
@@ -77,11 +78,14 @@ def joined(*parts: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([part for part in parts if part is not None], -1)
 
 
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Gradients flow through the module to its inputs but not into its parameters."""
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        module.requires_grad_(True)
+def with_parameters(module: nn.Module, parameters: dict[str, torch.Tensor]) -> contextlib.AbstractContextManager:
+    """Inside it, `module`'s named parameters (names as module.named_parameters gives them) are the given
+    tensors; the others stay. torch.func.functional_call's own mechanism, around any code rather than only the
+    module's forward; torch.func.grad differentiates through it and torch.compile traces it."""
+    return _reparametrize_module(module, parameters, strict=False)
+
+
+def frozen(module: nn.Module) -> contextlib.AbstractContextManager:
+    """Inside it, gradients flow through `module` to its inputs but not into its parameters: it computes with
+    detached parameters (toggling requires_grad would fail inside torch.func.grad, the compiled update)."""
+    return with_parameters(module, {name: parameter.detach() for name, parameter in module.named_parameters()})
