@@ -102,6 +102,7 @@ class StepTimer(L.Callback):
 
 
 def time_offrl(model: OfflineAlgorithm, datamodule, args, log_dir: str, max_steps: int) -> Clock:
+    forget_compiled_graphs()
     timer = StepTimer(args.warmup, args.steps)
     trainer = L.Trainer(
         accelerator="gpu" if args.device == "cuda" else "cpu",
@@ -120,6 +121,12 @@ def time_offrl(model: OfflineAlgorithm, datamodule, args, log_dir: str, max_step
     )
     trainer.fit(model, datamodule)
     return timer.clock
+
+
+def forget_compiled_graphs() -> None:
+    """Each timing compiles afresh, as a new process would (inductor's on-disk cache makes that seconds): the graphs
+    of earlier timings, built for their own optimisers, would otherwise stay in dynamo's cache ahead of the new ones."""
+    torch._dynamo.reset()
 
 
 def median(items: list, key=None):
@@ -141,6 +148,7 @@ def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_gr
     """The reference: the module's plain-PyTorch `update` (its networks, losses, one backward, optimiser steps)
     with fresh optimisers from its own configure_optimizers, batches from the same on-device sampler, in a bare
     loop (no trainer, no hooks, no logging)."""
+    forget_compiled_graphs()
     optimizers, schedulers = fresh_optimizers(model)
     if compile or cuda_graphs:
         prepare_optimizers_for_capture(optimizers, model.device)

@@ -23,6 +23,7 @@ from offrl.algos.rsp import RSP
 from offrl.algos.value_policy import ValuePolicy
 from offrl.callbacks.throughput import UpdateLoop
 from offrl.data.datamodules import HindsightDataModule, SkipStepDataModule, TransitionDataModule
+from offrl.data.replay import ReplayDataModule
 from offrl.errors import OffrlError
 
 HOPPER = "test/performance/hopper-v0"
@@ -142,6 +143,45 @@ def test_compiled_update_gives_the_eager_numbers(make, max_steps, monkeypatch):
     compiled = make()
     fit(*compiled, max_steps, UpdateLoop(compile=True))
     expected, got = parameters(eager[0]), parameters(compiled[0])
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def sac_online():
+    from offrl.algos.sac import SAC
+
+    return SAC(hidden_dims=[16]), ReplayDataModule("Pendulum-v1", batch_size=16, steps_per_epoch=12, capacity=400)
+
+
+def admpo_online():
+    from offrl.algos.admpo import ADMPOOnline
+
+    # Model rounds at updates 0 and 6 (41 and 47 env steps): the updates sample a model buffer that grows between them.
+    model = ADMPOOnline(
+        max_window=2, dynamics_every=6, rollout_horizon=2, min_rollout_horizon=1, horizon_ramp_start=0, horizon_ramp_end=10,
+        dynamics_hidden_dim=8, dynamics_gru_layers=1, dynamics_residual_blocks=1, dynamics_max_epochs=1,
+        dynamics_updates_per_epoch=3, hidden_dims=[16], model_rows=8, rollout_batch_size=8, retain_rounds=2,
+    )
+    return model, ReplayDataModule("Hopper-v5", batch_size=8, steps_per_epoch=12, capacity=400)
+
+
+@pytest.mark.parametrize("make", [sac_online, admpo_online], ids=lambda make: make.__name__)
+def test_compiled_online_update_gives_the_eager_numbers(make, monkeypatch):
+    """Online runs take env steps between updates and sample a growing replay buffer: compiled they train as eager."""
+    from offrl.callbacks.online import OnlineInteraction
+
+    def run():
+        model, datamodule = make()
+        L.seed_everything(0)
+        quiet_trainer(12, [OnlineInteraction(warmup_steps=40, seed=0), UpdateLoop(compile=True) if compiled else UpdateLoop()], evaluate=False).fit(model, datamodule)
+        return parameters(model)
+
+    compiled = False
+    expected = run()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    compiled = True
+    got = run()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
 

@@ -19,6 +19,7 @@ from offrl.nn.mlp import with_parameters
 from offrl.nn.optim import adam_step_in_graph
 
 UpdateFn = Callable[[TensorDict], dict[str, torch.Tensor]]
+COMPILED_GRAPHS_PER_PROCESS = 64  # compiled update graphs (variants, fits, shape changes) before dynamo refuses more
 
 
 def prepare_optimizers_for_capture(optimizers: list[torch.optim.Optimizer], device: torch.device) -> None:
@@ -59,6 +60,9 @@ def accelerated(
     if compile:
         if module.device.type == "cpu":
             let_gcc_vectorize_inductor_loops()
+        # Every variant's graph (and a module's later fits in one process) is a cache entry of the one function
+        # `_update_in_one_graph`; past dynamo's limit of 8 a fullgraph compile fails instead of running eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS_PER_PROCESS)
         update = CompiledUpdate(module, optimizers, variant)
     else:
         update = functools.partial(module.update, optimizers=optimizers, before_backward=before_backward, variant=variant)
