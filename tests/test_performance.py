@@ -304,3 +304,23 @@ def test_compile_on_more_than_one_device_is_refused_in_one_sentence():
     trainer = type("Trainer", (), {"world_size": 2})()
     with pytest.raises(OffrlError, match="performance.compile works on one device"):
         UpdateLoop(compile=True).setup(trainer, BC(hidden_dims=[16]), "fit")
+
+
+def test_compile_auto_compiles_long_single_process_cpu_runs_only(monkeypatch):
+    from types import SimpleNamespace
+
+    from offrl.callbacks import throughput
+
+    def run(max_steps=throughput.AUTO_COMPILE_MIN_UPDATES, device="cpu", world_size=1):
+        return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), world_size=world_size, max_steps=max_steps)
+
+    monkeypatch.setattr(throughput, "has_inductor_cpp_compiler", lambda: True)
+    assert UpdateLoop.auto_compiles(run())
+    assert not UpdateLoop.auto_compiles(run(max_steps=throughput.AUTO_COMPILE_MIN_UPDATES - 1))
+    assert not UpdateLoop.auto_compiles(run(max_steps=-1))  # no known length
+    assert not UpdateLoop.auto_compiles(run(device="cuda"))
+    assert not UpdateLoop.auto_compiles(run(world_size=2))
+    monkeypatch.setattr(throughput, "has_inductor_cpp_compiler", lambda: False)
+    assert not UpdateLoop.auto_compiles(run())
+    with pytest.raises(OffrlError, match="performance.compile must be true, false or auto, got 'yes'"):
+        UpdateLoop(compile="yes")
