@@ -37,9 +37,9 @@ class UpdateThroughput(L.Callback):
             self.start, self.start_step = time.perf_counter(), trainer.global_step
 
 
-# performance.compile auto compiles CPU runs of at least this many updates. The one-graph update saves 0.3-2.6 ms
-# per update on a 2-core CPU at the paper sizes and compiles in 20-70 s cold (1-4 s with inductor's disk cache),
-# so it repays itself within 60k updates for every family (benchmarks/README.md, 2026-12-03 evening).
+# performance.compile auto compiles CPU runs of at least this many updates. On a 2-core CPU at the paper sizes the
+# one-graph update saves 0.6-2.6 ms per update (IQL+AWR, TD3+BC, BC) and compiles in 9-26 s with inductor's caches
+# off, so it has repaid itself well before this (benchmarks/README.md, 2026-12-03 evening).
 AUTO_COMPILE_MIN_UPDATES = 100_000
 
 
