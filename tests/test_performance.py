@@ -170,18 +170,16 @@ def test_compiled_online_update_gives_the_eager_numbers(make, monkeypatch):
     """Online runs take env steps between updates and sample a growing replay buffer: compiled they train as eager."""
     from offrl.callbacks.online import OnlineInteraction
 
-    def run():
+    def run(compile: bool):
         model, datamodule = make()
         L.seed_everything(0)
-        quiet_trainer(12, [OnlineInteraction(warmup_steps=40, seed=0), UpdateLoop(compile=True) if compiled else UpdateLoop()], evaluate=False).fit(model, datamodule)
+        quiet_trainer(12, [OnlineInteraction(warmup_steps=40, seed=0), UpdateLoop(compile=compile)], evaluate=False).fit(model, datamodule)
         return parameters(model)
 
-    compiled = False
-    expected = run()
+    expected = run(compile=False)
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     torch._dynamo.reset()
-    compiled = True
-    got = run()
+    got = run(compile=True)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
 

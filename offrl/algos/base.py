@@ -98,11 +98,9 @@ class CompiledUpdate:
             return self.graph(batch)
         losses = self.module.update(batch, self.optimizers, variant=self.variant)
         names = {parameter: name for name, parameter in self.module.named_parameters()}
+        # Per optimiser and param group, the parameters the eager update stepped.
         stepped = [[[p for p in group["params"] if p.grad is not None] for group in optimizer.param_groups] for optimizer in self.optimizers]
-        for optimizer in self.optimizers:
-            for group in optimizer.param_groups:
-                for parameter in group["params"]:
-                    parameter.grad = None  # the graph's gradients never land in .grad
+        forget_gradients(self.optimizers)  # the graph's gradients never land in .grad
         trained = {names[p]: p for groups in stepped for group in groups for p in group}
         update = functools.partial(_update_in_one_graph, self.module, self.optimizers, trained, stepped, names)
         self.graph = torch.compile(update, fullgraph=True)
@@ -139,16 +137,21 @@ def apply_gradients(
 ) -> None:
     """One backward of the summed losses, then every optimiser steps. Each loss must reach only its own network
     (targets detached, critics frozen where another network's loss goes through them)."""
-    for optimizer in optimizers:  # optimizer.zero_grad(set_to_none=True), which torch.compile cannot trace
-        for group in optimizer.param_groups:
-            for parameter in group["params"]:
-                parameter.grad = None  # parameters outside this update get no gradient, so no step
+    forget_gradients(optimizers)  # parameters outside this update get no gradient, so no step
     loss = torch.stack(list(losses.values())).sum()
     if before_backward is not None:
         before_backward(loss)
     loss.backward()
     for optimizer in optimizers:
         optimizer.step()
+
+
+def forget_gradients(optimizers: list[torch.optim.Optimizer]) -> None:
+    """optimizer.zero_grad(set_to_none=True) for every optimiser, in a form torch.compile can trace."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = None
 
 
 def _losses_as_tensordict(update: UpdateFn, batch: TensorDict) -> TensorDict:
