@@ -7,6 +7,8 @@ network width, the data and the budget shrunk) and checks the behaviour the refe
   over the recipe's 1M updates, whatever trainer.max_steps a reduced budget sets; the value x extraction recipes
   take IQL's reward scale (their AWR temperature is IQL's) and keep the paper code's constant lr.
 - TD3+BC's actor maximises the first critic, as TD3+BC does (the twins' minimum is for the target only).
+- IQL's actor is the official policy, Normal(tanh(out), std); the value x extraction recipes keep OGBench's
+  Gaussian, whose mean is the MLP's output.
 """
 
 from __future__ import annotations
@@ -104,6 +106,19 @@ def test_iql_mujoco_recipes_normalise_rewards_and_decay_only_iqls_actor_lr(confi
         assert actor_lr == 3e-4 and not cli.trainer.lr_scheduler_configs
     critic_lr = float(cli.trainer.optimizers[0].param_groups[0]["lr"])
     assert critic_lr == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("config", ["iql/hopper-medium", "value_extraction/hopper-medium"])
+def test_iql_recipe_acts_with_the_official_tanh_mean_and_the_study_with_the_raw_mean(config, dataset, in_tmp_dir):
+    model = fitted(config, dataset, "--model.value=iql", "--model.extraction=awr", max_steps=2).model
+    obs = torch.randn(64, model.observation_normalizer.mean.shape[0]) * 100
+    with torch.no_grad():
+        raw = model.actor.net(obs)
+        assert raw.abs().max() > 2
+        mean, _ = model.actor(obs)
+        expected = torch.tanh(raw) if config.startswith("iql/") else raw
+        torch.testing.assert_close(mean, expected)
+        torch.testing.assert_close(model.policy_action(obs), expected.clamp(-1.0, 1.0))
 
 
 def test_actor_cosine_holds_at_zero_after_its_horizon(dataset, in_tmp_dir):

@@ -156,3 +156,24 @@ def test_value_and_policy_train_on_their_own_prefix_of_episodes(in_tmp_dir):
 def test_data_fractions_must_lie_in_the_unit_interval():
     with pytest.raises(OffrlError, match="value_data_fraction"):
         ValuePolicy(value_data_fraction=0.0)
+
+
+def test_tanh_mean_gaussian_keeps_its_mean_inside_any_action_box():
+    """Normal(tanh(out), std) mapped into [low, high]: the mean never leaves the box, whatever the MLP outputs, and
+    is tanh of the output itself on the unit box (IQL's official policy); the plain Gaussian's mean is the output."""
+    from offrl.nn.mlp import GaussianMLP
+
+    torch.manual_seed(0)
+    low, high = torch.tensor([0.0, -3.0]), torch.tensor([2.0, -1.0])
+    boxed, unit = GaussianMLP(4, [16], 2, mean_box=(low, high)), GaussianMLP(4, [16], 2, mean_box=([-1.0, -1.0], [1.0, 1.0]))
+    plain = GaussianMLP(4, [16], 2)
+    x = torch.randn(256, 4) * 100  # drives the MLPs' outputs far outside every box
+    with torch.no_grad():
+        assert boxed.net(x).abs().max() > 5
+        mean, log_std = boxed(x)
+        assert ((mean >= low) & (mean <= high)).all()  # tanh saturates to +-1 in float32 far out
+        torch.testing.assert_close(mean, low + (high - low) * (torch.tanh(boxed.net(x)) + 1) / 2)
+        torch.testing.assert_close(unit(x)[0], torch.tanh(unit.net(x)))
+        torch.testing.assert_close(plain(x)[0], plain.net(x))
+    assert torch.equal(log_std, torch.zeros_like(log_std))  # state-independent std, starting at 1
+    assert "mean_low" not in plain.state_dict() and "mean_low" in boxed.state_dict()

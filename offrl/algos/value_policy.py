@@ -49,7 +49,7 @@ from offrl.nn.optim import adam
 from offrl.objectives.bc import gaussian_log_prob, gaussian_nll, mse
 from offrl.objectives.extraction import awr_loss, ddpgbc_loss, sfbc_select
 
-ACTOR_KINDS = ("gaussian", "deterministic")
+ACTOR_KINDS = ("gaussian", "tanh_mean_gaussian", "deterministic")
 AWR_CRITICS = ("current", "target")
 REWARD_NORMALIZATIONS = ("none", "return_range")
 
@@ -110,7 +110,9 @@ class ValuePolicy(OfflineAlgorithm):
             ddpgbc_alpha: weight of the BC term in DDPG+BC.
             normalize_q: divide the DDPG+BC Q term by sg(mean |Q|) (TD3+BC's normalisation).
             sfbc_num_samples: N, behaviour actions sampled per state by SfBC at act time.
-            actor: "gaussian" (state-independent std) or "deterministic" (tanh-bounded; DDPG+BC only).
+            actor: "gaussian" (state-independent std; the mean is the MLP's output, clipped to the action
+                bounds when acting: OGBench's actors), "tanh_mean_gaussian" (the same with the mean tanh-bounded
+                inside the action box: IQL's official policy) or "deterministic" (tanh-bounded; DDPG+BC only).
             learned_std: learn the AWR / DDPG+BC Gaussian actor's std; false fixes it at 1 (OGBench's const_std),
                 which makes the log-likelihood BC term a plain squared error on the mean. SfBC's behaviour policy
                 always learns its std: its candidates are sampled from it.
@@ -199,8 +201,9 @@ class ValuePolicy(OfflineAlgorithm):
 
         self.value_net = objective.build_value(obs_dim, goal_dim, hidden) if self.needs_state_value else None
 
-        if hp.actor == "gaussian":
-            self.actor = GaussianMLP(obs_dim + goal_dim, hidden, action_dim, hp.layer_norm)
+        if hp.actor != "deterministic":
+            mean_box = (info.action_low, info.action_high) if hp.actor == "tanh_mean_gaussian" else None
+            self.actor = GaussianMLP(obs_dim + goal_dim, hidden, action_dim, hp.layer_norm, mean_box=mean_box)
             self.actor.log_std.requires_grad_(hp.learned_std or hp.extraction == "sfbc")
         else:
             self.actor = mlp(obs_dim + goal_dim, hidden, action_dim, hp.layer_norm)
@@ -246,9 +249,9 @@ class ValuePolicy(OfflineAlgorithm):
 
     def policy_action(self, actor_input: torch.Tensor, actor: nn.Module | None = None) -> torch.Tensor:
         """The deterministic action of `actor` (default: the actor): the Gaussian mean clipped to the bounds, or
-        the tanh-bounded output."""
+        the deterministic actor's tanh-bounded output."""
         actor = self.actor if actor is None else actor
-        if self.hparams.actor == "gaussian":
+        if self.hparams.actor != "deterministic":
             return self.clip_action(actor(actor_input)[0])
         unit = torch.tanh(actor(actor_input))
         return from_unit_box(unit, self.action_low, self.action_high)
@@ -332,7 +335,7 @@ def ddpgbc_actor_loss(
     """DDPG+BC: maximise Q(s, pi(s)) / sg(mean |Q|) minus alpha times a BC term (the Gaussian's -log pi(a | s), or
     a deterministic actor's ||pi(s) - a||^2), through a frozen critic."""
     hp, actor_input = module.hparams, joined(obs, goal)
-    if hp.actor == "gaussian":
+    if hp.actor != "deterministic":
         mean, log_std = module.actor(actor_input)
         policy_action, bc_term = module.clip_action(mean), gaussian_nll(mean, log_std, action)
     else:

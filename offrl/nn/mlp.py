@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module  # functional_call's context manager
 
+from offrl.nn.action_bounds import from_unit_box
+
 
 def mlp(
     in_dim: int, hidden_dims: Sequence[int], out_dim: int, layer_norm: bool = False, activation: type[nn.Module] = nn.ReLU
@@ -28,7 +30,12 @@ def mlp(
 
 
 class GaussianMLP(nn.Module):
-    """An MLP mean with a learned log-std: state-independent (one vector) or state-dependent (a second head)."""
+    """An MLP mean with a learned log-std: state-independent (one vector) or state-dependent (a second head).
+
+    With `mean_box` (low, high) the mean is tanh of the MLP's output mapped affinely into the box: IQL's official
+    policy (ikostrikov/implicit_q_learning, NormalTanhPolicy with tanh_squash_distribution=False) is
+    Normal(tanh(out), std) on actions in [-1, 1]. Without it the mean is the output itself.
+    """
 
     def __init__(
         self,
@@ -38,6 +45,7 @@ class GaussianMLP(nn.Module):
         layer_norm: bool = False,
         state_dependent_std: bool = False,
         log_std_bounds: tuple[float, float] = (-5.0, 2.0),
+        mean_box: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         super().__init__()
         self.state_dependent_std = state_dependent_std
@@ -45,6 +53,8 @@ class GaussianMLP(nn.Module):
         self.net = mlp(in_dim, hidden_dims, out_dim * (2 if state_dependent_std else 1), layer_norm)
         if not state_dependent_std:
             self.log_std = nn.Parameter(torch.zeros(out_dim))
+        self.register_buffer("mean_low", None if mean_box is None else torch.as_tensor(mean_box[0], dtype=torch.float32).clone())
+        self.register_buffer("mean_high", None if mean_box is None else torch.as_tensor(mean_box[1], dtype=torch.float32).clone())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_std), both shaped like the output."""
@@ -53,6 +63,8 @@ class GaussianMLP(nn.Module):
             mean, log_std = out.chunk(2, dim=-1)
         else:
             mean, log_std = out, self.log_std.expand_as(out)
+        if self.mean_low is not None:
+            mean = from_unit_box(torch.tanh(mean), self.mean_low, self.mean_high)
         return mean, log_std.clamp(*self.log_std_bounds)
 
 
