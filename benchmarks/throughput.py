@@ -14,8 +14,9 @@ sampler without Lightning. `--repeats` offrl/plain pairs run back to back and th
 The yardstick is the machine: the update's FLOPs are counted by torch.utils.flop_counter.FlopCounterMode on one
 eager update, and this process measures its own matmul peak (a 2048 x 2048 float32 matmul at the same thread
 count, before and after the timings, the higher kept); `fraction_of_matmul_peak` is the offrl loop's achieved
-FLOP rate over that peak. On a CPU, `matmul_share_of_eager_update` is the eager plain update's time in matmul kernels (torch.profiler) over its
-wall time, and `speedup_bound_with_matmuls_unchanged` its inverse: the most compiling everything else can give;
+FLOP rate over that peak. On a CPU, `matmul_share_of_eager_update` is the eager plain update's time in matmul
+kernels (torch.profiler) over its wall time, and `speedup_bound_with_matmuls_unchanged` its inverse: the most
+compiling everything else can give;
 `matmul_kernels_fraction_of_peak` is the update's FLOPs over its time in those kernels alone, over the peak: the
 most of the peak any compiler that keeps the same matmul kernels can reach.
 """
