@@ -22,7 +22,8 @@ from offrl.algos.mopo import MOPO
 from offrl.data import registry
 from offrl.envs.termination import hopper_terminated, termination_fn, walker2d_terminated
 from offrl.errors import OffrlError
-from offrl.models.any_step import CPU_ROLLOUT_CHUNK_ROWS, AnyStepModel
+from offrl.models.any_step import AnyStepModel
+from offrl.models.dynamics import CPU_ROLLOUT_CHUNK_ROWS
 from offrl.models.ensemble import EnsembleModel
 from offrl.models.fitting import FitSettings, fit_dynamics, holdout_errors
 from offrl.models.rollouts import ModelBuffer, rollout
@@ -236,6 +237,25 @@ def test_mopo_samples_from_the_elites_but_penalises_with_every_member():
     assert torch.allclose(steps["penalty"], ensemble_penalty(logvars[2:]))  # the non-elite's std sets it
     assert (steps["penalty"] > 10 * ensemble_penalty(logvars[:1])).all()
     assert model.random_elites(100).eq(0).all()
+
+
+def test_a_mopo_rollout_step_in_chunks_of_rows_equals_every_member_predicting_all_rows_at_once():
+    """MOPO's roll-out step predicts in chunks of rows on a CPU; its elite picks, means, log-variances and penalties
+    are those of one call over every row."""
+    torch.manual_seed(0)
+    model = EnsembleModel(4, 2, hidden_dims=(16, 16), num_members=5, num_elites=3).eval()
+    rows = 2 * CPU_ROLLOUT_CHUNK_ROWS + 3
+    observation, action = torch.randn(rows, 4), torch.randn(rows, 2)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        mean, logvar, penalty, _ = model.rollout_step(None, observation, action, True)
+        torch.manual_seed(1)
+        members = model.random_elites(rows)
+        means, logvars = model.predict(observation, action)
+    assert len(set(members.tolist())) == 3
+    torch.testing.assert_close(mean, means[members, torch.arange(rows)])
+    torch.testing.assert_close(logvar, logvars[members, torch.arange(rows)])
+    torch.testing.assert_close(penalty, ensemble_penalty(logvars))
 
 
 def test_ensemble_layers_start_as_mopos_truncated_normal():

@@ -9,13 +9,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from offrl.models.dynamics import join_chunks, rollout_chunk_rows
 from offrl.nn.dynamics import LogVarBounds, ResidualBlock
 from offrl.nn.mlp import Normalizer
 from offrl.objectives.dynamics import any_step_penalty, dynamics_nll
-
-# Roll-out rows per GRU call on a CPU: the gate tensors of 128 rows x m windows stay in cache. Measured
-# (benchmarks/model_round.py, 2,000 starts, 1 thread): 3.0 s a round against 3.7 s in one call of all rows.
-CPU_ROLLOUT_CHUNK_ROWS = 128
 
 
 @dataclass
@@ -110,7 +107,7 @@ class AnyStepModel(nn.Module):
 
     def start_rollout(self, history_obs: torch.Tensor, history_actions: torch.Tensor, penalized: bool) -> list[WindowMemory]:
         """The memory of a roll-out after the real history s, a [N, h, *], in chunks of rows (see WindowMemory)."""
-        rows = CPU_ROLLOUT_CHUNK_ROWS if history_obs.device.type == "cpu" else history_obs.shape[0]
+        rows = rollout_chunk_rows(history_obs)
         chunks = []
         for obs, actions in zip(history_obs.split(rows), history_actions.split(rows)):
             hidden = obs.new_zeros(self.gru.num_layers, 0, obs.shape[0], self.gru.hidden_size) if penalized else None
@@ -159,5 +156,4 @@ class AnyStepModel(nn.Module):
             means = torch.cat([mean[..., :-1] + chunk.observations.flip(1).transpose(0, 1), mean[..., -1:]], -1)
             penalty = any_step_penalty(means[..., :-1], logvar[..., :-1], self.penalty_form)
             predictions.append((means[k - 1], logvar[k - 1], penalty))
-        mean, logvar, penalty = (torch.cat(parts) if parts[0] is not None else None for parts in zip(*predictions))
-        return mean, logvar, penalty, chunks
+        return *join_chunks(predictions), chunks

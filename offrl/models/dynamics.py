@@ -7,9 +7,28 @@ the data it is fitted on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
+
+# Roll-out rows per model call on a CPU. All rows at once, a round's activations are fresh memory at every layer
+# ([7, 50000, 200] is 280 MB for MOPO's ensemble; glibc maps anything over 32 MB anew at each allocation), and
+# each page of it faults on first touch (~2.5 us a page on this project's VMs); chunks of 128 rows stay in cache
+# and reuse freed memory. benchmarks/model_round.py, 1 thread: MOPO's round of 50,000 starts 14.0-16.9 s ->
+# 9.5-10.9 s (2026-12-07); ADM's round of 2,000 starts 3.7 -> 3.0 s (2026-12-02).
+CPU_ROLLOUT_CHUNK_ROWS = 128
+
+
+def rollout_chunk_rows(rows: torch.Tensor) -> int:
+    """Rows per model call when a roll-out step predicts for `rows` [N, *]: cache-sized chunks on a CPU, all at
+    once on an accelerator."""
+    return CPU_ROLLOUT_CHUNK_ROWS if rows.device.type == "cpu" else max(rows.shape[0], 1)
+
+
+def join_chunks(predictions: Sequence[tuple[torch.Tensor | None, ...]]) -> tuple[torch.Tensor | None, ...]:
+    """The per-chunk outputs of a roll-out step, each a tuple of [n, *] tensors (or None), joined along rows."""
+    return tuple(torch.cat(parts) if parts[0] is not None else None for parts in zip(*predictions))
 
 
 class DynamicsModel(Protocol):

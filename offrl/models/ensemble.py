@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from offrl.models.dynamics import join_chunks, rollout_chunk_rows
 from offrl.nn.dynamics import LogVarBounds
 from offrl.nn.ensemble import EnsembleLinear, ensemble_mlp
 from offrl.nn.mlp import Normalizer
@@ -99,9 +100,12 @@ class EnsembleModel(nn.Module):
     def rollout_step(
         self, memory: None, obs: torch.Tensor, action: torch.Tensor, penalized: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, None]:
-        """A random elite's prediction per row; MOPO's penalty takes its maximum over all members."""
-        means, logvars = self.predict(obs, action)
-        member = self.random_elites(obs.shape[0])
-        rows = torch.arange(obs.shape[0], device=obs.device)
-        penalty = ensemble_penalty(logvars) if penalized else None
-        return means[member, rows], logvars[member, rows], penalty, None
+        """A random elite's prediction per row; MOPO's penalty takes its maximum over all members. Every member
+        predicts for a chunk of rows at a time (`rollout_chunk_rows`)."""
+        members = self.random_elites(obs.shape[0])
+        predictions = []
+        for chunk_obs, chunk_action, member in zip(*(x.split(rollout_chunk_rows(obs)) for x in (obs, action, members))):
+            means, logvars = self.predict(chunk_obs, chunk_action)
+            rows = torch.arange(chunk_obs.shape[0], device=obs.device)
+            predictions.append((means[member, rows], logvars[member, rows], ensemble_penalty(logvars) if penalized else None))
+        return *join_chunks(predictions), None

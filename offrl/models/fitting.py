@@ -82,6 +82,11 @@ def split_windows(transitions: TensorDict, max_window: int, settings: FitSetting
     return train, holdout
 
 
+def updates_per_epoch(settings: FitSettings, train_starts: list[torch.Tensor]) -> int:
+    """Updates in one fitting epoch: settings.updates_per_epoch, else N_train / batch_size * max_window."""
+    return settings.updates_per_epoch or max(len(train_starts[0]) // settings.batch_size, 1) * len(train_starts)
+
+
 def fit_epoch(model: DynamicsModel, transitions: TensorDict, starts: list[torch.Tensor], updates: int, batch_size: int, optimizer) -> None:
     """`updates` Adam steps, each on windows of one k ~ U{1..max_window}."""
     for _ in range(updates):
@@ -99,7 +104,7 @@ def fit_dynamics(model: DynamicsModel, transitions: TensorDict, settings: FitSet
     stops once no member has improved for that long); returns the mean hold-out error of every epoch. The model
     ends with its best hold-out parameters (per member for an ensemble), then `model.after_fit` (elites)."""
     train_starts, holdout_starts = split_windows(transitions, model.max_window, settings)
-    updates = settings.updates_per_epoch or max(len(train_starts[0]) // settings.batch_size, 1) * model.max_window
+    updates = updates_per_epoch(settings, train_starts)
     optimizer = adam(model.parameters(), lr=settings.lr)
     best_errors = torch.tensor([float("inf")])  # the best hold-out score so far; broadcasts to [E] for an ensemble
     best_state, since_best, history = copy.deepcopy(model.state_dict()), 0, []
