@@ -8,7 +8,7 @@ float32 at the same thread count).
     python benchmarks/model_round.py --algo admpo_off [--device cuda] [--starts 5000] [--fit-updates 50] [--threads 1]
 
 The networks are untrained (cost does not depend on the weights); the roll-out round starts from `--starts`
-real windows (the configs' 50,000 take about 86 s per ADM round and 11 s per MOPO round on one CPU core; with
+real windows (the configs' 50,000 take 89 s per ADM round and 11 s per MOPO round on one CPU thread; with
 the roll-out's rows in chunks, time scales linearly with the starts).
 Before 2026-12-07 `fit_ms_per_update` timed a whole one-epoch `fit_dynamics` of --fit-updates updates, so its
 per-update figure also carried the epoch's fixed work (window split, two hold-out checks) over only 20-50 updates,
