@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import gymnasium as gym
 import lightning as L
 import numpy as np
@@ -13,7 +15,10 @@ from offrl.data import minari_io
 from offrl.data.generators import GeneratedDataset
 from offrl.paths import policies_dir
 
-# Tiny networks are fastest on one thread, and two threads thrash when the machine is shared.
+# Tiny networks are fastest on one thread, and two threads thrash when the machine is shared. Through the
+# environment, so every run the tests start (in this process or as a subprocess) takes one thread whatever the
+# load: performance.threads auto would follow the load, and tests compare numbers across runs.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 

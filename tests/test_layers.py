@@ -17,14 +17,15 @@ MAY_IMPORT = {
     "nn": {"errors"},
     "checkpoints": {"errors"},
     "lightning_adapter": set(),
+    "cpu_threads": set(),
     "reports": {"errors"},
     "envs": {"errors", "dataset_info"},
     "data": {"errors", "paths", "dataset_info", "envs"},
     "models": {"errors", "nn", "objectives"},
     "algos": {"errors", "dataset_info", "lightning_adapter", "objectives", "nn", "models", "envs", "data"},
-    "callbacks": {"errors", "dataset_info", "lightning_adapter", "objectives", "nn", "envs", "data", "reports"},
+    "callbacks": {"errors", "cpu_threads", "dataset_info", "lightning_adapter", "objectives", "nn", "envs", "data", "reports"},
     "recipes": {"errors", "paths", "dataset_info", "envs", "data", "algos", "callbacks"},
-    "cli": {"errors", "paths", "dataset_info", "checkpoints", "envs", "data", "algos", "callbacks", "reports"},
+    "cli": {"errors", "cpu_threads", "paths", "dataset_info", "checkpoints", "envs", "data", "algos", "callbacks", "reports"},
     "__init__": {"errors"},
 }
 

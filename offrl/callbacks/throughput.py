@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from offrl import lightning_adapter
+from offrl.cpu_threads import OtherWorkMeter, ThreadChoice, auto_threads, choose_threads, usable_cpus
 from offrl.errors import OffrlError
 
 
@@ -37,6 +38,10 @@ class UpdateThroughput(L.Callback):
             self.start, self.start_step = time.perf_counter(), trainer.global_step
 
 
+# How often an `auto` run looks again at the work beside it: long enough to average over bursts, short beside the
+# minutes a collapse would cost.
+THREAD_CHECK_SECONDS = 30.0
+
 # performance.compile auto compiles CPU runs of at least this many updates. On a 2-core CPU at the paper sizes the
 # one-graph update saves 0.6-2.6 ms per update (IQL+AWR, TD3+BC, BC) and compiles in 9-26 s with inductor's caches
 # off, so it has repaid itself well before this (benchmarks/README.md, 2026-12-03 evening).
@@ -45,10 +50,17 @@ AUTO_COMPILE_MIN_UPDATES = 100_000
 
 class UpdateLoop(L.Callback):
     """How the training loop runs every algorithm's update (OfflineAlgorithm.update): several updates per trainer
-    step, and opt-in `torch.compile` and/or CUDA-graph capture of the whole update (forward, backward, optimiser
-    steps). Batches keep one shape, so one graph serves every step of a training stage."""
+    step, opt-in `torch.compile` and/or CUDA-graph capture of the whole update (forward, backward, optimiser
+    steps), and the process's CPU threads (offrl.cpu_threads). Batches keep one shape, so one graph serves every step
+    of a training stage."""
 
-    def __init__(self, updates_per_step: int = 1, compile: bool | Literal["auto"] = "auto", cuda_graphs: bool = False):
+    def __init__(
+        self,
+        updates_per_step: int = 1,
+        compile: bool | Literal["auto"] = "auto",
+        cuda_graphs: bool = False,
+        threads: int | Literal["auto"] = "auto",
+    ):
         """
         Args:
             updates_per_step: updates (each on a fresh batch) per trainer step; more spreads the trainer's
@@ -57,17 +69,30 @@ class UpdateLoop(L.Callback):
             compile: compile the whole update as one torch.compile graph (one device); auto: on for CPU runs
                 of at least AUTO_COMPILE_MIN_UPDATES updates on one process where a C++ compiler is installed.
             cuda_graphs: capture the update as one CUDA graph and replay it (cuda devices only).
+            threads: torch's CPU threads in each process; auto: the process's share of the CPUs it may use, no more
+                than other work leaves idle. OMP_NUM_THREADS or MKL_NUM_THREADS, when set, win. A run keeps its
+                count for life and a resumed run takes it again (the count changes the numbers in the last bits).
         """
         if updates_per_step < 1:
             raise OffrlError(f"performance.updates_per_step must be a positive integer, got {updates_per_step}")
         if compile not in (True, False, "auto"):
             raise OffrlError(f"performance.compile must be true, false or auto, got {compile!r}")
+        if threads != "auto" and not (isinstance(threads, int) and not isinstance(threads, bool) and threads > 0):
+            raise OffrlError(f"performance.threads must be a positive integer or auto, got {threads!r}")
+        self.threads = threads
+        self.thread_choice: ThreadChoice | None = None  # decided at setup
+        self.recorded_threads: int | None = None  # the count a resumed run's checkpoint was made with
+        self.other_work: OtherWorkMeter | None = None  # watches the machine while an auto run has threads to give
+        self.next_thread_check = 0.0
         self.updates_per_step = updates_per_step
         self.compile = compile
         self.cuda_graphs = cuda_graphs
         self.compiles = compile is True  # what `compile` means for this fit (auto decided in setup)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.thread_choice = choose_threads(self.threads, processes=trainer.num_devices)
+        self.thread_choice.apply()
+        rank_zero_info(self.thread_choice.sentence())
         if stage != "fit":
             return
         if self.cuda_graphs and trainer.world_size > 1:
@@ -86,7 +111,59 @@ class UpdateLoop(L.Callback):
         datamodule.updates_per_step = per_step
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.resume_thread_count()
         pl_module.accelerate_update(self.compiles, self.cuda_graphs)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        choice = self.thread_choice
+        if choice is not None and choice.automatic and choice.threads > 1:
+            self.other_work = OtherWorkMeter()
+            self.next_thread_check = time.monotonic() + THREAD_CHECK_SECONDS
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.other_work is not None and time.monotonic() >= self.next_thread_check:
+            self.give_back_threads(trainer.global_step, trainer.num_devices)
+
+    def give_back_threads(self, step: int, processes: int) -> None:
+        """Fewer threads when other work started beside this auto run leaves it fewer idle CPUs than it has
+        threads (a parallel op waits for its slowest thread, so more threads than idle CPUs run slower)."""
+        self.next_thread_check = time.monotonic() + THREAD_CHECK_SECONDS
+        busy = self.other_work.read()
+        threads = auto_threads(usable_cpus(), processes, busy)
+        if busy is None or threads >= self.thread_choice.threads:
+            return
+        before = self.thread_choice.threads
+        self.thread_choice = ThreadChoice(threads, f"other work now keeps {busy:.1f} CPUs busy", automatic=True)
+        self.thread_choice.apply()
+        rank_zero_info(
+            f"{self.thread_choice.sentence()} from update {step}, down from {before}; the numbers from here differ in "
+            f"the last bits from a run that kept {before} (set performance.threads to keep one count)"
+        )
+        if threads == 1:
+            self.other_work = None  # nothing left to give back
+
+    def resume_thread_count(self) -> None:
+        """A resumed auto run computes with the thread count its checkpoint was made with, so it repeats the numbers
+        of a run that never stopped; only when other work now leaves fewer CPUs idle does it take fewer, and says so."""
+        choice, recorded = self.thread_choice, self.recorded_threads
+        if choice is None or recorded is None or recorded == choice.threads or not choice.automatic:
+            return
+        if recorded < choice.threads:
+            self.thread_choice = ThreadChoice(recorded, "the count this run's checkpoint was made with")
+            rank_zero_info(self.thread_choice.sentence())
+        else:
+            rank_zero_info(
+                f"offrl: the checkpoint was made with {recorded} CPU threads but other work leaves this process "
+                f"{choice.threads}; the numbers will differ in the last bits from a run that never stopped "
+                f"(set --performance.threads {recorded} to keep them)"
+            )
+        self.thread_choice.apply()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"threads": self.thread_choice.threads} if self.thread_choice is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.recorded_threads = state_dict.get("threads")
 
     @staticmethod
     def auto_compiles(trainer: L.Trainer) -> bool:
