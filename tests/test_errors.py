@@ -117,6 +117,17 @@ def test_out_of_range_values_are_refused_through_the_cli(dataset, in_tmp_dir, ca
     assert not (in_tmp_dir / "logs").exists()
 
 
+def test_absurd_trainer_checkpoint_and_network_sizes_are_refused_in_one_sentence(dataset, in_tmp_dir, capsys):
+    path = str(config(in_tmp_dir / "bc.yaml", dataset))
+    message = refused(capsys, "fit", "--config", path, "--checkpoint.every_n_train_steps", "-50")
+    assert "every_n_train_steps=-50. Must be >= 0; fix that setting in the config or on the command line" in message
+    message = refused(capsys, "fit", "--config", path, "--trainer.max_steps", "-5")
+    assert "You passed in -5; fix that setting in the config or on the command line" in message
+    message = refused(capsys, "fit", "--config", path, "--model.init_args.hidden_dims", "[100000000000]")
+    assert "out of memory (it tried to allocate" in message and "lower model.hidden_dims or data.batch_size" in message
+    assert not (in_tmp_dir / "logs").exists() or not any((in_tmp_dir / "logs").rglob("version_*"))
+
+
 def test_a_generation_killed_halfway_leaves_nothing_and_the_next_run_regenerates(tmp_path, monkeypatch, capsys):
     store = tmp_path / "store"
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))

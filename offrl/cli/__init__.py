@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import sys
 import warnings
 
@@ -40,6 +41,16 @@ def path_fault(err: BaseException) -> str | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """One sentence for an allocation that failed for lack of memory (torch's CPU and CUDA wording), or None."""
+    message = str(err)
+    if type(err).__name__ != "OutOfMemoryError" and "can't allocate memory" not in message:
+        return None
+    found = re.search(r"tried to allocate (\d+) bytes", message)
+    tried = f"it tried to allocate {int(found.group(1)) / 2**30:.1f} GiB" if found else "an allocation failed"
+    return f"out of memory ({tried}); lower model.hidden_dims or data.batch_size, or use a device with more memory"
 
 
 # Messages every run printed that a user can do nothing about, each with why it does not apply to offrl.
@@ -89,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 run_lightning(with_full_class_paths(args))
     except Exception as err:
-        found = user_error(err) or path_fault(err)
+        found = user_error(err) or path_fault(err) or out_of_memory(err)
         if found is None:
             raise
         print(f"offrl: error: {found}", file=sys.stderr)

@@ -11,7 +11,9 @@ import shutil
 import sys
 from pathlib import Path
 
+import yaml
 from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -43,14 +45,74 @@ def dataset_short_name(dataset_id: str) -> str:
     return "-".join(parts)
 
 
-def latest_run(run_dir: Path) -> tuple[int, Path] | None:
-    """(version, checkpoints folder) of the newest version under `run_dir` that saved a checkpoint."""
+# The settings that make a run what it is; trainer, evaluation, checkpoint and performance may change on a resume.
+RUN_IDENTITY = ("seed_everything", "model", "data")
+
+
+def runs_with_checkpoints(run_dir: Path) -> list[Path]:
+    """Every version folder under `run_dir` that saved a checkpoint, newest first."""
     found = []
     for version_dir in run_dir.glob("version_*"):
         number = version_dir.name[len("version_"):]
         if number.isdigit() and any((version_dir / "checkpoints").glob("*.ckpt")):
-            found.append((int(number), version_dir / "checkpoints"))
-    return max(found) if found else None
+            found.append((int(number), version_dir))
+    return [folder for _, folder in sorted(found, reverse=True)]
+
+
+def recorded_configs(version_dir: Path) -> list[dict]:
+    """The resolved configs a run recorded (config.yaml, config.start-N.yaml); an unreadable one is left out."""
+    configs = []
+    for path in sorted(version_dir.glob("config*.yaml")):
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(loaded, dict):
+            configs.append(loaded)
+    return configs
+
+
+def identity_differences(recorded: dict, given: dict, sections: tuple[str, ...] = RUN_IDENTITY) -> list[str]:
+    """'key recorded -> given' for each setting of `sections` both configs hold and give differently."""
+    recorded_flat = flatten({key: recorded.get(key) for key in sections})
+    given_flat = flatten({key: given.get(key) for key in sections})
+    return [
+        f"{key} {plain(recorded_flat[key])!r} -> {plain(value)!r}"
+        for key, value in given_flat.items()
+        if key in recorded_flat and plain(recorded_flat[key]) != plain(value)
+    ]
+
+
+def run_of_config(log_dir: Path, given: dict, config_files: list[Path]) -> Path:
+    """The run folder `--ckpt_path last` means: the one whose own recorded config was given, else the newest under
+    `log_dir` recorded with the same model, data and seed; refused in one sentence when there is none or the
+    command changes the given run's data or seed (changed model settings are refused against the checkpoint, by
+    checkpoint_mismatch)."""
+    for file in config_files:
+        folder = file.resolve().parent
+        if not (file.name.startswith("config") and (folder / "checkpoints").is_dir()):
+            continue
+        changes = [identity_differences(config, given, ("seed_everything", "data")) for config in recorded_configs(folder)]
+        if not any(not change for change in changes):
+            changed = changes[0] if changes else ["its recorded config cannot be read"]
+            raise OffrlError(
+                f"--ckpt_path last names the run {folder} (through {file}), but this command changes what that run is "
+                f"({', '.join(changed)}); drop those options to continue it, or start a new run without --ckpt_path"
+            )
+        return folder
+    candidates = runs_with_checkpoints(log_dir)
+    if not candidates:
+        raise OffrlError(f"--ckpt_path last found no checkpoint under {log_dir}; start a fresh run")
+    described = []
+    for folder in candidates:
+        changes = [identity_differences(config, given) for config in recorded_configs(folder)]
+        if any(not change for change in changes):
+            return folder
+        described.append(f"{folder.name}: {changes[0][0] if changes else 'no readable config.yaml'}")
+    raise OffrlError(
+        f"--ckpt_path last found no run of this config under {log_dir} (its runs differ: {'; '.join(described)}); "
+        "give the run's own config (<run>/config.yaml) or --ckpt_path <run>/checkpoints/last.ckpt"
+    )
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -195,24 +257,28 @@ class OffrlCLI(LightningCLI):
         in instantiate_classes."""
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except MisconfigurationException as err:  # Lightning's checks of trainer and callback settings
+            reason = str(err).strip().splitlines()[0].rstrip(".")
+            raise OffrlError(f"{reason}; fix that setting in the config or on the command line") from None
         # Set here, not as trainer.plugins: the recorded config stays loadable and a user's plugins stay theirs.
         self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_name = f"{self.model.algorithm_name}/{dataset_short_name(self.datamodule.dataset_id)}"
-        version = None
+        resumed_run = None  # the run folder a `fit --ckpt_path last` continues
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
-            # Resume in the newest run of this algorithm and dataset, logging into the same version folder.
-            found = latest_run(Path(LOG_ROOT) / run_name)
-            if found is None:
-                raise OffrlError(f"--ckpt_path last found no checkpoint under {LOG_ROOT}/{run_name}; start a fresh run")
-            version, checkpoint_dir = found
-            path, skipped = newest_readable(checkpoint_dir)
+            # This config's own run: its newest readable checkpoint, and (for fit) its folder to log into.
+            given = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]
+            files = [Path(str(file)) for file in config.get("config") or []]
+            run_dir = run_of_config(Path(LOG_ROOT) / run_name, given, files)
+            path, skipped = newest_readable(run_dir / "checkpoints")
             for line in skipped:
                 print(f"offrl: {line}; resuming from {path} instead", file=sys.stderr)
             self.config_init[self.subcommand]["ckpt_path"] = str(path)
             config["ckpt_path"] = str(path)  # and the start's recorded config names the file it resumed
+            resumed_run = run_dir if self.subcommand == "fit" else None
         elif ckpt_path is not None:
             path = Path(ckpt_path)
         self.start_step = 0
@@ -223,6 +289,9 @@ class OffrlCLI(LightningCLI):
                 raise OffrlError(mismatch)
             self.start_step = int(checkpoint.get("global_step", 0))
             del checkpoint
+            if self.trainer.is_global_zero:
+                doing = {"fit": "resuming from", "test": "testing", "validate": "validating"}.get(self.subcommand, "loading")
+                print(f"offrl: {doing} {path} (update {self.start_step})", file=sys.stderr)
         self.fresh_run_dir = self.extra_config_file = None
         if config["trainer"].get("logger") in (None, True):
             tested_run = self.tested_run_dir(path) if ckpt_path is not None and self.subcommand != "fit" else None
@@ -231,10 +300,12 @@ class OffrlCLI(LightningCLI):
                 self.trainer.logger = TensorBoardLogger(
                     tested_run.parent, name="", version=tested_run.name, sub_dir=self.subcommand, default_hp_metric=False
                 )
+            elif resumed_run is not None:
+                self.trainer.logger = TensorBoardLogger(resumed_run.parent, name="", version=resumed_run.name, default_hp_metric=False)
             else:
-                self.trainer.logger = TensorBoardLogger(LOG_ROOT, name=run_name, version=version, default_hp_metric=False)
+                self.trainer.logger = TensorBoardLogger(LOG_ROOT, name=run_name, default_hp_metric=False)
             run_dir = Path(self.trainer.logger.log_dir)
-            if version is None and tested_run is None:
+            if resumed_run is None and tested_run is None:
                 self.fresh_run_dir = run_dir
             self.name_config_file(run_dir)
         # Lightning's default bar counts trainer steps; offrl's counts updates.
@@ -294,7 +365,7 @@ class OffrlCLI(LightningCLI):
 HELP = """offrl: offline RL on Lightning, TorchRL and Minari.
 
   offrl fit --config configs/<algorithm>/<dataset>.yaml [--section.key value ...]   train (resume: --ckpt_path last)
-  offrl test --config <run>/config.yaml --ckpt_path last                           evaluate a trained run
+  offrl test --config <run>/config.yaml --ckpt_path last                           evaluate that run's last checkpoint
   offrl data {list,info,generate,import-d4rl} ...                                   datasets (offrl data --help)
   offrl report logs/ [--out DIR]                                                    tables and plots of runs, grouped by config
 
