@@ -5,11 +5,14 @@ file in the same folder, fsyncs it and renames it over the old one, so a full di
 previous checkpoint whole. Loading verifies the file (a zip archive whose every member passes its CRC, holding a
 Lightning checkpoint) and refuses a damaged one in one sentence naming it. `newest_readable` is what
 `--ckpt_path last` resumes from: the run's `last.ckpt`, or its newest readable periodic checkpoint when that one
-is damaged.
+is damaged. A write that fails removes its temporary file and says in one sentence which checkpoint is kept; the
+temporaries of a killed process are removed when its run starts again (`remove_abandoned_temporaries`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pickle
 import re
@@ -21,6 +24,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from offrl.errors import OffrlError
+from offrl.processes import process_alive
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -61,28 +65,88 @@ def read_checkpoint(path: str | Path, map_location: Any = None, mmap: bool = Fal
     raise OffrlError(f"checkpoint {path} is damaged: {problem}; use another checkpoint of the run or start a new run")
 
 
+# The writer's temporary beside its checkpoint: .<name>.<pid>.tmp (the pid tells a killed writer's from a live one's).
+TEMPORARY = re.compile(r"\A\.(?P<name>.+)\.(?P<pid>\d+)\.tmp\Z")
+
+
+def temporary_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+class _FirstWriteError:
+    """A file whose write() keeps the first OSError it raised: torch's zip writer turns a failed write into a
+    RuntimeError ('unexpected pos ...') that no longer says why."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def write_atomically(checkpoint: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file beside `path`, fsync, rename over `path`, fsync the folder."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """torch.save to a temporary file beside `path`, fsync, rename over `path`, fsync the folder. Any failure
+    removes the temporary; one of the machine (a full or read-only disk) ends in one sentence."""
+    temporary = temporary_path(path)
+    file = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as file:
+        with open(temporary, "wb") as opened:
+            file = _FirstWriteError(opened)
             torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
+            opened.flush()
+            os.fsync(opened.fileno())
         os.replace(temporary, path)
         folder = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(folder)
         finally:
             os.close(folder)
-    except OSError as err:
-        temporary.unlink(missing_ok=True)
-        kept = "the previous checkpoint there is kept" if path.is_file() else "no checkpoint was written there"
-        raise OffrlError(
-            f"cannot write checkpoint {path} ({err.strerror or err}); {kept}: free disk space or make {path.parent} "
-            "writable, then resume with --ckpt_path last"
-        ) from None
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # a folder that cannot be written holds no temporary either
+            temporary.unlink(missing_ok=True)
+        recorded = file.error if file is not None and isinstance(err, Exception) else None
+        cause = recorded or err
+        if not isinstance(cause, OSError):
+            raise
+        raise OffrlError(write_failure(path, cause)) from None
+
+
+def write_failure(path: Path, err: OSError) -> str:
+    """The sentence for a checkpoint write the machine refused: the file, why, which checkpoint is kept, the fix."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space there"
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = f"make {path.parent} writable"
+    else:
+        fix = f"check {path.parent} and its disk"
+    try:
+        kept, _ = newest_readable(path.parent)
+    except OffrlError:
+        return (f"cannot write checkpoint {path} ({err.strerror or err}); no checkpoint of this run was written: {fix}, "
+                "then start it again")
+    try:
+        step = torch.load(kept, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    except Exception:  # named without its update, then
+        step = None
+    kept_note = f"the previous checkpoint {kept}{f' (update {step})' if step is not None else ''} is kept"
+    return f"cannot write checkpoint {path} ({err.strerror or err}); {kept_note}: {fix}, then resume with --ckpt_path last"
+
+
+def remove_abandoned_temporaries(folder: Path) -> None:
+    """Delete the temporaries in `folder` that a killed write left (a SIGKILL skips write_atomically's clean-up);
+    those of a live process, and every other file, stay."""
+    for candidate in folder.glob(".*.tmp") if folder.is_dir() else ():
+        found = TEMPORARY.match(candidate.name)
+        if found and not process_alive(int(found.group("pid"))):
+            candidate.unlink(missing_ok=True)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

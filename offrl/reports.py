@@ -20,19 +20,38 @@ SCORE_METRICS = ("eval/normalized_score", "eval/success", "eval/return")
 Curve = list[tuple[int, float]]
 
 
-def read_scalars(run_dir: Path) -> dict[str, Curve]:
+def read_scalars(run_dir: Path, notes: list[str] | None = None) -> dict[str, Curve]:
     """Every scalar tag of the run's event files as sorted (updates made, value); a resumed run's repeated points
-    once. Lightning logs at the 0-based index of the update just made: step 39 is the point after 40 updates."""
+    once. Lightning logs at the 0-based index of the update just made: step 39 is the point after 40 updates.
+    TensorBoard's reader stops at a cut-off record without a word: one line per such file goes to `notes`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     scalars: dict[str, dict[int, float]] = defaultdict(dict)
     for events_file in sorted(run_dir.glob("events.out.tfevents.*")):
         events = EventAccumulator(str(events_file), size_guidance={"scalars": 0})
         events.Reload()
+        read = 0
         for tag in events.Tags()["scalars"]:
             for event in events.Scalars(tag):
                 scalars[tag][event.step + 1] = event.value
+                read += 1
+        if notes is not None and cut_off(events_file):
+            kept = f"its {read} points before the cut are reported" if read else "it is skipped (no whole point in it)"
+            notes.append(f"{events_file} is cut off (its run was killed or its disk was full mid-write); {kept}")
     return {tag: sorted(points.items()) for tag, points in scalars.items()}
+
+
+def cut_off(events_file: Path) -> bool:
+    """Whether the file's records (8-byte length, 4-byte CRC, data, 4-byte CRC each) fail to end exactly at its end."""
+    size, position = events_file.stat().st_size, 0
+    with open(events_file, "rb") as file:
+        while position < size:
+            header = file.read(8)
+            if len(header) < 8:
+                return True
+            position += 8 + 4 + int.from_bytes(header, "little") + 4
+            file.seek(position)
+    return position != size
 
 
 def score_metric(scalars: dict[str, Curve]) -> str | None:
@@ -88,11 +107,19 @@ def run_dirs(paths: list[Path]) -> list[Path]:
 def group_name(run_dir: Path) -> str:
     """Runs of one config across seeds share a group: the config without seed_everything and ckpt_path."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError("it holds no mapping of settings")
     for key in ("seed_everything", "ckpt_path"):
         config.pop(key, None)
     model = (config.get("model") or {}).get("class_path", "?").rsplit(".", 1)[-1]
     data = ((config.get("data") or {}).get("init_args") or {}).get("dataset_id", "?")
     return f"{model} {data} #{stable_hash(yaml.safe_dump(config, sort_keys=True))}"
+
+
+def yaml_problem(err: yaml.MarkedYAMLError) -> str:
+    """A YAML syntax error in one line: what was wrong and where (its own text quotes the file over several)."""
+    where = f", line {err.problem_mark.line + 1}" if err.problem_mark is not None else ""
+    return f"{err.context + ': ' if err.context else ''}{err.problem or 'invalid YAML'}{where}"
 
 
 def stable_hash(text: str) -> str:
@@ -105,12 +132,23 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
 
 
-def report(paths: list[Path], out_dir: Path) -> str:
+def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None) -> str:
     """A Markdown table of the last and best evaluation score per group of runs (mean ± std over its runs, n) and
-    one PNG per group in `out_dir`; returns the Markdown (also written to out_dir/report.md)."""
+    one PNG per group in `out_dir`; returns the Markdown (also written to out_dir/report.md). A run folder whose
+    config cannot be read is left out, and so is the cut-off end of an event file: one line each in `notes`."""
+    notes = [] if notes is None else notes
     groups: dict[str, list[tuple[Path, dict[str, Curve]]]] = defaultdict(list)
-    for run_dir in run_dirs(paths):
-        groups[group_name(run_dir)].append((run_dir, read_scalars(run_dir)))
+    found = run_dirs(paths)
+    for run_dir in found:
+        try:
+            name = group_name(run_dir)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, AttributeError) as err:
+            why = yaml_problem(err) if isinstance(err, yaml.MarkedYAMLError) else " ".join(str(err).split()) or type(err).__name__
+            notes.append(f"skipped {run_dir}: its config.yaml cannot be read ({why}); fix or remove that file to report it")
+            continue
+        groups[name].append((run_dir, read_scalars(run_dir, notes)))
+    if not groups:
+        raise OffrlError(f"no run folder under {', '.join(map(str, paths))} has a readable config.yaml ({len(found)} skipped)")
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["| group | metric | last | best | update of last | n | runs | plot |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, runs in sorted(groups.items()):

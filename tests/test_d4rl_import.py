@@ -93,3 +93,26 @@ def test_wrong_env_and_nan_rows_are_refused(tmp_path):
     arrays["rewards"][[5, 7]] = np.nan
     with pytest.raises(OffrlError, match=r"rewards holds 2 NaN/inf values \(first at row 5\)"):
         import_d4rl(write_hdf5(tmp_path / "f.hdf5", arrays), "imported/hopper/nan-v0", "Hopper-v5")
+
+
+def test_a_second_import_of_an_id_being_written_is_refused_at_once(tmp_path, monkeypatch):
+    import os
+
+    from offrl.data import d4rl_import, minari_io
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    path = tmp_path / "hopper.hdf5"
+    write_hdf5(path, d4rl_arrays({19: "terminal", 39: "timeout"}))
+    (tmp_path / "store").mkdir()
+    lock = tmp_path / "store" / ".offrl-lock-local--concurrent--hopper-v0"
+    lock.write_text(str(os.getppid()))  # a live process is importing it
+    converted = []
+    monkeypatch.setattr(d4rl_import, "read_d4rl_arrays", lambda *args: converted.append(args))
+    with pytest.raises(OffrlError, match=r"dataset local/concurrent/hopper-v0 is being written by another offrl process"):
+        import_d4rl(path, "local/concurrent/hopper-v0", "Hopper-v5")
+    assert not converted and not minari_io.dataset_path("local/concurrent/hopper-v0").exists()
+    lock.unlink()
+    monkeypatch.undo()
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    import_d4rl(path, "local/concurrent/hopper-v0", "Hopper-v5")
+    assert minari_io.dataset_path("local/concurrent/hopper-v0").exists() and not lock.exists()

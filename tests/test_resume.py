@@ -26,6 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import write_synthetic
 from offrl.algos.bc import BC
+from offrl.checkpoints import read_checkpoint
 from offrl.cli import main
 
 DATASET = "test/resume/hopper-v0"
@@ -162,7 +163,7 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def final_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
 
 def assert_same_training_state(expected: dict, actual: dict) -> None:

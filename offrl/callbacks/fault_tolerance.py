@@ -2,8 +2,9 @@
 
 `StopCheckpoint`: SIGTERM (Lightning's own handler) or a first Ctrl-C asks the loop to stop after the current
 update; the stop is turned into `last.ckpt`, which `--ckpt_path last` resumes. The global torch (CPU and CUDA),
-numpy and Python RNG states travel in every checkpoint, so a resumed run draws the same numbers as one that
-never stopped. A killed process keeps its last periodic checkpoint.
+numpy and Python RNG states of every rank travel in every checkpoint, so a resumed run draws the same numbers as
+one that never stopped. A killed process keeps its last periodic checkpoint (its unfinished write is removed when
+the run starts again); a stop whose checkpoint the disk refuses still exits as asked, naming the checkpoint kept.
 
 `FiniteLosses`: a non-finite `train/*` loss stops training with the loss's name and step, and no checkpoint
 is ever written from a non-finite state, so the last good one stays.
@@ -20,10 +21,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from offrl import lightning_adapter
+from offrl.checkpoints import remove_abandoned_temporaries
 from offrl.errors import OffrlError
+from offrl.processes import gather_ranks, own_rank
 
 
 def rng_states() -> dict[str, Any]:
@@ -56,58 +60,92 @@ class StopCheckpoint(L.Callback):
     Lightning already turns SIGTERM into a stop at the end of an update (its SignalConnector raises
     SIGTERMException there); a first Ctrl-C is routed into the same path, a second one stops at once (and
     keeps only the last periodic checkpoint, since the state may be mid-update).
+
+    With several processes, every rank must stop after the same update, because saving the checkpoint is a
+    collective. Lightning's own SIGTERM handler broadcasts from inside the handler, which deadlocks when the signal
+    reaches the ranks at different points (Lightning issue 20806), and a rank that sets the stop request itself
+    leaves the loop one update before the others. So in a multi-process run the handlers only note the signal, and
+    every rank agrees after each trainer step (one all-reduce) whether any was signalled; then all stop there.
     """
 
     def __init__(self) -> None:
         self.stop_signal = signal.SIGTERM
-        self._previous_sigint: Any = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._signalled = 0  # the signal a multi-process run was sent and has not yet agreed on; 0 for none
         self._rng_to_restore: dict[str, Any] | None = None
 
     # -- stopping ----------------------------------------------------------------------------------------
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:  # a process killed mid-write left its temporary checkpoint file
+            remove_abandoned_temporaries(self.last_checkpoint_path(trainer).parent)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._rng_to_restore is not None:
             # Applied here, after the data loaders exist, at the same point of the loop as when it was saved.
-            set_rng_states(self._rng_to_restore)
+            saved = self._rng_to_restore
+            if "ranks" not in saved:  # a single-process checkpoint holding the states themselves
+                saved = {"world_size": 1, "ranks": [saved]}
+            set_rng_states(own_rank(saved, trainer))
             self._rng_to_restore = None
         checkpoint, last = trainer.checkpoint_callback, self.last_checkpoint_path(trainer)
         if checkpoint is not None and trainer.ckpt_path is not None and Path(trainer.ckpt_path) == last:
             # Resuming from last.ckpt: keep writing it, even when a changed ModelCheckpoint config dropped its state
             # (which would otherwise make it write last-v1.ckpt beside a stale last.ckpt).
             checkpoint.last_model_path = str(last)
-        try:
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint(trainer))
-        except ValueError:  # not the main thread: leave Ctrl-C to Lightning
-            self._previous_sigint = None
+        handlers = {signal.SIGINT: self._on_sigint(trainer)}
+        if trainer.world_size > 1:
+            handlers[signal.SIGTERM] = self._on_sigterm_of_a_rank
+        for signum, handler in handlers.items():
+            try:
+                self._previous_handlers[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread: leave the signals to Lightning
+                break
 
     def _on_sigint(self, trainer: L.Trainer):
         def handler(signum: int, frame: Any) -> None:
-            if trainer.received_sigterm:
+            if trainer.received_sigterm or self._signalled:
                 raise KeyboardInterrupt
             self.stop_signal = signal.SIGINT
-            lightning_adapter.request_stop(trainer)  # Lightning's own stop request, as SIGTERM sets it
+            if trainer.world_size > 1:
+                self._signalled = int(signal.SIGINT)
+            else:
+                lightning_adapter.request_stop(trainer)  # Lightning's own stop request, as SIGTERM sets it
             if trainer.is_global_zero:
                 print("offrl: stopping after this update to save a checkpoint (Ctrl-C again stops at once)", file=sys.stderr)
 
         return handler
 
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+    def _on_sigterm_of_a_rank(self, signum: int, frame: Any) -> None:
+        self._signalled = self._signalled or int(signum)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+            return
+        # Every rank learns whether any was signalled, at the same update, and all stop after it.
+        signalled = torch.tensor([self._signalled], device=pl_module.device)
+        dist.all_reduce(signalled, op=dist.ReduceOp.MAX)
+        if signalled.item():
+            self.stop_signal = signal.Signals(int(signalled.item()))
+            lightning_adapter.request_stop(trainer)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
+        self._previous_handlers = {}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_sigint()
+        self._restore_signal_handlers()
         # ModelCheckpoint leaves last.ckpt at the last periodic save when a run ends between two of them; the
         # finished run's last.ckpt holds its final state.
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.save_last and trainer.global_step != lightning_adapter.last_saved_step(checkpoint):
             path = self.last_checkpoint_path(trainer)
             checkpoint.last_model_path = str(path)
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_sigint()
+        self._restore_signal_handlers()
         if not isinstance(exception, SIGTERMException):
             return
         # Raised by the loop between two updates, so the state is whole: save it where `--ckpt_path last` looks.
@@ -115,14 +153,16 @@ class StopCheckpoint(L.Callback):
         if trainer.checkpoint_callback is not None:
             # Saved as ModelCheckpoint's own last.ckpt, so the resumed run overwrites it instead of adding last-v1.ckpt.
             trainer.checkpoint_callback.last_model_path = str(path)
-        trainer.save_checkpoint(path)
         exception.code = 128 + int(self.stop_signal)
+        stopped = f"offrl: stopped by {signal.Signals(self.stop_signal).name} after update {trainer.global_step}"
+        try:
+            trainer.save_checkpoint(path, weights_only=False)  # the full state (Lightning logs a line when not told)
+        except OffrlError as err:  # a full or read-only disk: the stop still ends as asked, and says what is kept
+            if trainer.is_global_zero:
+                print(f"{stopped} as asked, but {err}", file=sys.stderr)
+            return
         if trainer.is_global_zero:
-            print(
-                f"offrl: stopped by {signal.Signals(self.stop_signal).name} after update {trainer.global_step}; "
-                f"saved {path} (continue with --ckpt_path last)",
-                file=sys.stderr,
-            )
+            print(f"{stopped}; saved {path} (continue with --ckpt_path last)", file=sys.stderr)
 
     @staticmethod
     def last_checkpoint_path(trainer: L.Trainer) -> Path:
@@ -134,7 +174,8 @@ class StopCheckpoint(L.Callback):
     # -- RNG states in checkpoints ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_states()}
+        # Every rank's: the ranks' streams part (rank 0 alone draws for evaluation), and each goes on with its own.
+        return {"rng": gather_ranks(rng_states())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._rng_to_restore = state_dict.get("rng")

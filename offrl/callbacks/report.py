@@ -159,15 +159,26 @@ class RunReport(L.Callback):
                 plot_run(run_dir, tests={name: (update, value) for name, value in metrics.items()})
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            self.write_end_files(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run stopped after its last update (during its final evaluation) is resumed with nothing left to train:
+        # Lightning then skips on_train_end, and this resume is what finishes the run.
+        log_dir = trainer.logger.log_dir if trainer.logger is not None else None
+        finished = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        if trainer.is_global_zero and finished and log_dir is not None and not (Path(log_dir) / "summary.json").exists():
+            self.write_end_files(trainer)
+
+    def write_end_files(self, trainer: L.Trainer) -> None:
+        """The end-of-run summary, printed and written as summary.json, and curves.png beside it."""
         seconds = time.perf_counter() - self._start[0] if self._start else 0.0
         updates = trainer.global_step - self._start[1] if self._start else 0
         summary = {"updates": trainer.global_step, "train_seconds": round(seconds, 1),
                    "updates_per_s": round(updates / seconds, 2) if seconds else None, "evaluations": self.evaluations}
         metric = next((name for name in SCORE_METRICS if self.evaluations and name in self.evaluations[-1]), None)
-        lines = [f"offrl: trained {trainer.global_step} updates in {duration(seconds)}"
-                 + (f" ({summary['updates_per_s']} updates/s)" if seconds else "")]
+        timed = f" in {duration(seconds)} ({summary['updates_per_s']} updates/s)" if seconds else ""  # none when resumed at the end
+        lines = [f"offrl: trained {trainer.global_step} updates{timed}"]
         if metric is not None:
             best = max(self.evaluations, key=lambda row: row.get(metric, float("-inf")))
             summary["last"] = {"update": self.evaluations[-1]["update"], metric: self.evaluations[-1][metric]}

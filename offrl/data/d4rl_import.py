@@ -205,6 +205,15 @@ def import_d4rl(
     length (pen 100 steps, the others 200) unless `d4rl_rules` is False, so scores compare with D4RL's tables.
     """
     minari_io.check_new_id(dataset_id)  # before the conversion, which can take minutes
+    with minari_io.generation_lock(dataset_id):  # a second import of the same id is refused at once
+        return convert_d4rl(path, dataset_id, env_id, max_episode_steps, env_kwargs, d4rl_rules)
+
+
+def convert_d4rl(
+    path: str | Path, dataset_id: str, env_id: str, max_episode_steps: int | str | None,
+    env_kwargs: dict[str, Any] | str | None, d4rl_rules: bool,
+) -> Path:
+    """import_d4rl's work, under the id's writer lock."""
     steps = parse_max_episode_steps(max_episode_steps)
     kwargs = parse_env_kwargs(env_kwargs) if not isinstance(env_kwargs, dict) else env_kwargs
     spec = eval_env_spec(env_id, steps, kwargs, d4rl_rules)

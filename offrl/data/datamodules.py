@@ -2,13 +2,14 @@
 
 The DataLoader only yields step numbers; `on_after_batch_transfer` (which runs on the device) turns each one
 into a batch by indexing the resident transitions with a per-rank seeded generator. So no transition crosses
-the host-device boundary after the first copy, and the sampler's state is part of every checkpoint, as is the
-loader's position in the epoch (a resumed epoch runs only its remaining steps).
+the host-device boundary after the first copy, and every rank's sampler state is part of every checkpoint, as is
+the loader's position in the epoch (a resumed epoch runs only its remaining steps).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from offrl.data import registry
 from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
+from offrl.processes import gather_ranks, own_rank
 
 
 class StepCounter(IterableDataset):
@@ -121,7 +123,18 @@ class TransitionDataModule(L.LightningDataModule):
                 self.info.eval_env_spec = gym.spec(self.env_id)
             except gym.error.Error as err:
                 raise OffrlError(f"data.env_id {self.env_id!r} is not a registered Gymnasium env ({err})") from None
+        rows = self.transitions.batch_size[0]
+        if self.batch_size > rows:
+            self.say(
+                f"data.batch_size {self.batch_size} is larger than the {rows} transitions of {self.dataset_id}, so every "
+                "batch repeats transitions (they are drawn with replacement); a smaller batch is the usual choice"
+            )
         self.prepare_transitions(self.transitions)
+
+    def say(self, sentence: str) -> None:
+        """One line to the user, from the first process only."""
+        if self.trainer is None or self.trainer.is_global_zero:
+            print(f"offrl: {sentence}", file=sys.stderr)
 
     def prepare_transitions(self, transitions: TensorDict) -> None:
         """Per-module precomputation on the CPU transitions (indices, returns); none for plain transitions."""
@@ -175,10 +188,15 @@ class TransitionDataModule(L.LightningDataModule):
     # -- checkpointing -----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state() if self.generator is not None else None}
+        # Each rank samples its own stream; a state restored but not yet applied (no batch since) is still the state.
+        state = self.generator.get_state() if self.generator is not None else self._generator_state
+        return {"generators": gather_ranks(state)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._generator_state = state_dict.get("generator")
+        saved = state_dict.get("generators") or {"world_size": 1, "ranks": [state_dict.get("generator")]}
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        # Only training samples: validate / test on another number of processes need no sampler state.
+        self._generator_state = own_rank(saved, self.trainer) if fitting else None
         self.generator = None
 
 
@@ -315,6 +333,14 @@ class SkipStepDataModule(HindsightDataModule):
 
     def prepare_transitions(self, transitions: TensorDict) -> None:
         transitions["index"] = torch.arange(transitions.batch_size[0])  # lets a batch find its rows' futures
+        lengths = (transitions["step"][transitions["episode_last"].unique()] + 1)
+        short = int((lengths < self.plan_scales[0]).sum())
+        if 2 * short > len(lengths):
+            self.say(
+                f"{short} of the {len(lengths)} episodes of {self.dataset_id} are shorter than the largest skip step "
+                f"{self.plan_scales[0]} of data.scales, so most of its sub-goal targets are an episode's last state; "
+                "smaller scales suit this data better"
+            )
         if "achieved_goal" in transitions.keys():
             return
         step, last = transitions["step"], transitions["episode_last"]
