@@ -128,7 +128,7 @@ def test_absurd_trainer_checkpoint_and_network_sizes_are_refused_in_one_sentence
     assert not (in_tmp_dir / "logs").exists() or not any((in_tmp_dir / "logs").rglob("version_*"))
 
 
-def test_a_batch_larger_than_the_data_and_skip_steps_longer_than_most_episodes_are_said(dataset, capsys):
+def test_a_batch_larger_than_the_data_actions_outside_the_box_and_skip_steps_longer_than_most_episodes_are_said(dataset, capsys, monkeypatch):
     from offrl.data.datamodules import SkipStepDataModule, TransitionDataModule
 
     TransitionDataModule(DATASET, batch_size=16).setup("fit")
@@ -137,6 +137,19 @@ def test_a_batch_larger_than_the_data_and_skip_steps_longer_than_most_episodes_a
     assert (
         f"offrl: data.batch_size 1000 is larger than the 180 transitions of {DATASET}, so every batch repeats transitions"
     ) in capsys.readouterr().err
+    original = registry.load
+
+    def two_actions_out_of_the_box(*args):
+        transitions, info = original(*args)
+        transitions = transitions.clone()  # the loaded data is shared with later loads of the same id
+        transitions["action"][3, 0] = 1.5
+        transitions["action"][7, 2] = -1.25
+        return transitions, info
+
+    monkeypatch.setattr(registry, "load", two_actions_out_of_the_box)
+    TransitionDataModule(DATASET, batch_size=16).setup("fit")
+    assert f"offrl: 2 of the 180 actions of {DATASET} lie outside the env's action box (by up to 0.5)" in capsys.readouterr().err
+    monkeypatch.undo()
     SkipStepDataModule(DATASET, batch_size=16, scales=[8, 16]).setup("fit")  # episodes of 30 steps
     assert "offrl:" not in capsys.readouterr().err
     SkipStepDataModule(DATASET, batch_size=16, scales=[32]).setup("fit")

@@ -129,7 +129,24 @@ class TransitionDataModule(L.LightningDataModule):
                 f"data.batch_size {self.batch_size} is larger than the {rows} transitions of {self.dataset_id}, so every "
                 "batch repeats transitions (they are drawn with replacement); a smaller batch is the usual choice"
             )
+        self.say_actions_outside_the_box()
         self.prepare_transitions(self.transitions)
+
+    def say_actions_outside_the_box(self) -> None:
+        """Data from elsewhere may hold actions the env would clip: policies bounded to the box (tanh) cannot
+        reproduce them, so the user hears of it once, with how far they reach."""
+        actions = self.transitions["action"]
+        low = torch.tensor(self.info.action_low, dtype=actions.dtype).reshape(1, -1)
+        high = torch.tensor(self.info.action_high, dtype=actions.dtype).reshape(1, -1)
+        if low.shape[-1] != actions.shape[-1]:
+            return
+        beyond = torch.maximum(low - actions, actions - high).amax(-1)  # > 0 where a row leaves the box
+        outside = int((beyond > 1e-6).sum())
+        if outside:
+            self.say(
+                f"{outside} of the {len(actions)} actions of {self.dataset_id} lie outside the env's action box "
+                f"(by up to {float(beyond.max()):.3g}); training uses them as they are, while offrl's policies act inside it"
+            )
 
     def say(self, sentence: str) -> None:
         """One line to the user, from the first process only."""
