@@ -64,6 +64,7 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         rollout_batch_size: int = 50000,
         retain_rounds: int = 5,
         name: str | None = None,
+        dynamics_checkpoint: str | None = None,
     ):
         """
         Args:
@@ -83,6 +84,9 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
             rollout_batch_size: roll-outs started per round.
             retain_rounds: roll-out rounds the model buffer holds.
             name: run name for logs/<name>/<dataset>/ (default: the algorithm's).
+            dynamics_checkpoint: a checkpoint of an earlier offline run of this algorithm on this dataset with the
+                same dynamics settings: its fitted model is used instead of fitting one (seeds of a study can share
+                one fit; the CLI reads and checks the file and hands the model over through `use_fitted_dynamics`).
         """
         super().__init__()
         for name_, value in (("rollout_horizon", rollout_horizon), ("rollout_every", rollout_every),
@@ -97,6 +101,7 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         check_td_settings(discount, tau)
         self.save_hyperparameters()
         self.model_buffer = ModelBuffer(rollout_batch_size * rollout_horizon * retain_rounds)
+        self.fitted_dynamics: dict[str, torch.Tensor] | None = None  # a fitted model's state, set before fit
 
     @property
     def algorithm_name(self) -> str:
@@ -116,10 +121,22 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         self.build_networks(info, data_terminates=bool(transitions["next", "terminated"].any()))
         self.register_buffer("dynamics_trained", torch.tensor(False))  # a resumed run does not fit its model again
         self.dynamics.fit_normalizers(transitions["observation"], transitions["action"])
+        if self.fitted_dynamics is not None:  # a model fitted by another run on the same data (normalisers included)
+            self.dynamics.load_state_dict(self.fitted_dynamics)
+            self.dynamics_trained.fill_(True)
         # Roll-outs start after m - 1 real steps of history: windows of m rows, the last row's state is the start.
         self.rollout_starts = window_starts(transitions["episode_last"], self.dynamics.max_window)
         if len(self.rollout_starts) == 0:
             raise OffrlError(f"no episode of {info.dataset_id} is {self.dynamics.max_window} steps long; lower model.max_window")
+
+    def dynamics_settings(self) -> dict[str, Any]:
+        """The settings that decide the fitted model: its architecture and how it is fitted."""
+        return {key: value for key, value in self.hparams.items()
+                if (key.startswith("dynamics_") and key != "dynamics_checkpoint") or key == "max_window"}
+
+    def use_fitted_dynamics(self, state: dict[str, torch.Tensor]) -> None:
+        """Use this dynamics-model state (a fitted model's `dynamics.*` tensors) instead of fitting one."""
+        self.fitted_dynamics = state
 
     def build_networks(self, info: DatasetInfo, data_terminates: bool = True) -> None:
         """The SAC agent, the dynamics model and the roll-outs' termination rule (an env without one is taken to

@@ -23,6 +23,7 @@ from torch.utils.tensorboard.summary import hparams
 # short class_path among the imported subclasses.
 from offrl.algos import admpo, bc, mopo, rsp, sac, value_policy  # noqa: F401
 from offrl.algos.base import OfflineAlgorithm
+from offrl.algos.model_based_sac import ModelBasedSAC, OnlineModelBasedSAC
 from offrl.callbacks.evaluation import EvaluationCallback
 from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
 from offrl.callbacks.report import RunReport, UpdateProgressBar
@@ -292,6 +293,8 @@ class OffrlCLI(LightningCLI):
             if self.trainer.is_global_zero:
                 doing = {"fit": "resuming from", "test": "testing", "validate": "validating"}.get(self.subcommand, "loading")
                 print(f"offrl: {doing} {path} (update {self.start_step})", file=sys.stderr)
+        if self.subcommand == "fit" and ckpt_path is None and isinstance(self.model, ModelBasedSAC) and self.model.hparams.get("dynamics_checkpoint"):
+            self.hand_over_fitted_dynamics(Path(self.model.hparams.dynamics_checkpoint))
         self.fresh_run_dir = self.extra_config_file = None
         if config["trainer"].get("logger") in (None, True):
             tested_run = self.tested_run_dir(path) if ckpt_path is not None and self.subcommand != "fit" else None
@@ -312,6 +315,41 @@ class OffrlCLI(LightningCLI):
         self.trainer.callbacks[:] = [
             UpdateProgressBar() if type(callback) in (TQDMProgressBar, RichProgressBar) else callback for callback in self.trainer.callbacks
         ]
+
+    def hand_over_fitted_dynamics(self, path: Path) -> None:
+        """model.dynamics_checkpoint: the fitted dynamics model of an earlier run, checked against this run's
+        algorithm, dataset and dynamics settings, given to the module so that it does not fit one. (A resumed run
+        has its model in its own checkpoint.)"""
+        model, dataset_id = self.model, self.datamodule.dataset_id
+        if isinstance(model, OnlineModelBasedSAC):
+            raise OffrlError(
+                f"model.dynamics_checkpoint serves offline runs (MOPO, ADMPO-OFF), but {type(model).__name__} fits its model "
+                "on the data it collects; remove the setting"
+            )
+        checkpoint = read_checkpoint(path, map_location="cpu")
+        made, saved = checkpoint.get("offrl", {}), checkpoint.get("hyper_parameters") or {}
+        own = f"{type(model).__module__}.{type(model).__qualname__}"
+        problems = []
+        if made.get("algorithm") != own:
+            problems.append(f"it was made by {made.get('algorithm')}, not {own}")
+        if made.get("dataset_id") != dataset_id:
+            problems.append(f"its model was fitted on {made.get('dataset_id')}, not {dataset_id}")
+        problems += [
+            f"model.{key} {plain(saved[key])!r} -> {plain(value)!r}"
+            for key, value in model.dynamics_settings().items()
+            if key in saved and plain(saved[key]) != plain(value)
+        ]
+        state = checkpoint["state_dict"]
+        if not problems and not bool(state.get("dynamics_trained", False)):
+            problems.append("its run stopped before its model's fit ended")
+        if problems:
+            raise OffrlError(
+                f"model.dynamics_checkpoint {path} cannot serve this run ({'; '.join(problems)}); give a checkpoint of a "
+                "run with this algorithm, dataset and dynamics settings, or remove the setting to fit a model"
+            )
+        model.use_fitted_dynamics({key[len("dynamics."):]: value for key, value in state.items() if key.startswith("dynamics.")})
+        if self.trainer.is_global_zero:
+            print(f"offrl: using the dynamics model fitted in {path}; no model fit in this run", file=sys.stderr)
 
     @staticmethod
     def tested_run_dir(checkpoint: Path) -> Path | None:
