@@ -142,7 +142,7 @@ class StopCheckpoint(L.Callback):
         if checkpoint is not None and checkpoint.save_last and trainer.global_step != lightning_adapter.last_saved_step(checkpoint):
             path = self.last_checkpoint_path(trainer)
             checkpoint.last_model_path = str(path)
-            trainer.save_checkpoint(path, weights_only=False)
+            trainer.save_checkpoint(path)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_signal_handlers()
@@ -156,7 +156,7 @@ class StopCheckpoint(L.Callback):
         exception.code = 128 + int(self.stop_signal)
         stopped = f"offrl: stopped by {signal.Signals(self.stop_signal).name} after update {trainer.global_step}"
         try:
-            trainer.save_checkpoint(path, weights_only=False)  # the full state (Lightning logs a line when not told)
+            trainer.save_checkpoint(path)
         except OffrlError as err:  # a full or read-only disk: the stop still ends as asked, and says what is kept
             if trainer.is_global_zero:
                 print(f"{stopped} as asked, but {err}", file=sys.stderr)

@@ -63,19 +63,24 @@ KNOWN_NOISE = (
 )
 
 
-class DropLightningTips(logging.Filter):
-    """Lightning's advertisement for its cloud logger, printed at every fit."""
+class DropLightningLines(logging.Filter):
+    """Log lines of Lightning's that say nothing a user can act on: the advertisement for its cloud logger at every
+    fit, and the note that a checkpoint saved by StopCheckpoint holds the full state (as every offrl checkpoint does)."""
+
+    LINES = ("litlogger", "`weights_only` was not set")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return not any(line in message for line in self.LINES)
 
 
 def silence_known_noise() -> None:
     for message, _why in KNOWN_NOISE:
         warnings.filterwarnings("ignore", message=message)
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, DropLightningTips) for f in logger.filters):  # main() may run many times in a process
-        logger.addFilter(DropLightningTips())
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropLightningLines) for f in logger.filters):  # main() may run many times in a process
+            logger.addFilter(DropLightningLines())
 
 
 def main(argv: list[str] | None = None) -> None:
