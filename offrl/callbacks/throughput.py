@@ -90,15 +90,15 @@ class UpdateLoop(L.Callback):
         self.compiles = compile is True  # what `compile` means for this fit (auto decided in setup)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.cuda_graphs and trainer.world_size > 1:
+            raise OffrlError("performance.cuda_graphs works on one device (a replayed graph skips DDP's gradient hooks); set it false")
+        if stage == "fit" and self.compile is True and trainer.world_size > 1:
+            raise OffrlError("performance.compile works on one device (its one-graph update computes gradients past DDP's all-reduce hooks); set it false")
         self.thread_choice = choose_threads(self.threads, processes=trainer.num_devices)
         self.thread_choice.apply()
         rank_zero_info(self.thread_choice.sentence())
         if stage != "fit":
             return
-        if self.cuda_graphs and trainer.world_size > 1:
-            raise OffrlError("performance.cuda_graphs works on one device (a replayed graph skips DDP's gradient hooks); set it false")
-        if self.compile is True and trainer.world_size > 1:
-            raise OffrlError("performance.compile works on one device (its one-graph update computes gradients past DDP's all-reduce hooks); set it false")
         self.compiles = self.compile is True or (self.compile == "auto" and self.auto_compiles(trainer))
         datamodule, per_step = trainer.datamodule, self.updates_per_step
         # Everything that happens every N updates starts on a trainer step, so N must be a multiple of K.
