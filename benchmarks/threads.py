@@ -55,7 +55,7 @@ def run_fits(count: int, updates: int, setting: str, busy: int, timeout: float, 
             try:
                 output, _ = fit.communicate(timeout=max(1.0, timeout - (time.monotonic() - started)))
                 seconds.append(round(time.monotonic() - started, 1) if fit.returncode == 0 else None)
-                lines.append(next((line for line in output.splitlines() if "CPU thread" in line), output[-300:]))
+                lines.append(" | ".join(line for line in output.splitlines() if "CPU thread" in line) or output[-300:])
             except subprocess.TimeoutExpired:
                 fit.kill()
                 fit.communicate()

@@ -8,7 +8,7 @@ measured from /proc/stat. The usual environment variables win over everything, a
 
 The count changes the numbers: parallel reductions split their sums by thread, so a run at 2 threads does not end
 bitwise equal to one at 1. So an `auto` run changes its count only to avoid the collapse: when other work started
-after it leaves it fewer idle CPUs than it has threads (measured over each half minute of training), it takes
+after it leaves it fewer idle CPUs than it has threads (looked at 5 s into training, then every half minute), it takes
 fewer, never more, and says so. The count is recorded in its checkpoints and taken again when it resumes; set it
 explicitly for runs that must reproduce bitwise on another day or machine.
 """

@@ -39,7 +39,9 @@ class UpdateThroughput(L.Callback):
 
 
 # How often an `auto` run looks again at the work beside it: long enough to average over bursts, short beside the
-# minutes a collapse would cost.
+# minutes a collapse would cost. The first look comes sooner: runs started together each saw the others still
+# starting (idle) when they chose.
+THREAD_FIRST_CHECK_SECONDS = 5.0
 THREAD_CHECK_SECONDS = 30.0
 
 # performance.compile auto compiles CPU runs of at least this many updates. On a 2-core CPU at the paper sizes the
@@ -118,7 +120,7 @@ class UpdateLoop(L.Callback):
         choice = self.thread_choice
         if choice is not None and choice.automatic and choice.threads > 1:
             self.other_work = OtherWorkMeter()
-            self.next_thread_check = time.monotonic() + THREAD_CHECK_SECONDS
+            self.next_thread_check = time.monotonic() + THREAD_FIRST_CHECK_SECONDS
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.other_work is not None and time.monotonic() >= self.next_thread_check:
