@@ -28,9 +28,14 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SAMPLE_SECONDS = 0.5
 
 
+def own_cpus() -> set[int]:
+    """The CPUs this process's affinity allows (every CPU where the platform has no affinity)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity, capped by its cgroup's CPU quota where one is set."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = len(own_cpus())
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
         if quota != "max":
@@ -64,7 +69,7 @@ class OtherWorkMeter:
     (/proc/stat) less this process's own CPU time."""
 
     def __init__(self) -> None:
-        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        self.cpus = own_cpus()
         self.last = self._now()
 
     def _now(self) -> tuple[tuple[int, int] | None, float, float]:

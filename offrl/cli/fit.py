@@ -73,15 +73,18 @@ def recorded_configs(version_dir: Path) -> list[dict]:
     return configs
 
 
+def changed_settings(recorded: dict, given: dict, prefix: str = "") -> list[str]:
+    """'<prefix>key recorded -> given' for each setting both hold and give differently (as a config writes them)."""
+    return [
+        f"{prefix}{key} {plain(recorded[key])!r} -> {plain(value)!r}"
+        for key, value in given.items()
+        if key in recorded and plain(recorded[key]) != plain(value)
+    ]
+
+
 def identity_differences(recorded: dict, given: dict, sections: tuple[str, ...] = RUN_IDENTITY) -> list[str]:
     """'key recorded -> given' for each setting of `sections` both configs hold and give differently."""
-    recorded_flat = flatten({key: recorded.get(key) for key in sections})
-    given_flat = flatten({key: given.get(key) for key in sections})
-    return [
-        f"{key} {plain(recorded_flat[key])!r} -> {plain(value)!r}"
-        for key, value in given_flat.items()
-        if key in recorded_flat and plain(recorded_flat[key]) != plain(value)
-    ]
+    return changed_settings(flatten({key: recorded.get(key) for key in sections}), flatten({key: given.get(key) for key in sections}))
 
 
 def run_of_config(log_dir: Path, given: dict, config_files: list[Path]) -> Path:
@@ -150,11 +153,7 @@ def checkpoint_mismatch(checkpoint: dict, path: Path, model, dataset_id: str, re
     if saved_dataset is not None and saved_dataset != dataset_id:
         return f"checkpoint {path} was trained on {saved_dataset} but the config's data.dataset_id is {dataset_id}; {fix}"
     if resuming:
-        changed = [
-            f"model.{key} {plain(saved_hparams[key])!r} -> {plain(value)!r}"
-            for key, value in model.hparams.items()
-            if key in saved_hparams and not key.startswith("_") and plain(saved_hparams[key]) != plain(value)
-        ]
+        changed = changed_settings(saved_hparams, {key: value for key, value in model.hparams.items() if not key.startswith("_")}, "model.")
         if changed:
             return (
                 f"checkpoint {path} was trained with other settings than the config gives ({', '.join(changed)}); "
@@ -334,11 +333,7 @@ class OffrlCLI(LightningCLI):
             problems.append(f"it was made by {made.get('algorithm')}, not {own}")
         if made.get("dataset_id") != dataset_id:
             problems.append(f"its model was fitted on {made.get('dataset_id')}, not {dataset_id}")
-        problems += [
-            f"model.{key} {plain(saved[key])!r} -> {plain(value)!r}"
-            for key, value in model.dynamics_settings().items()
-            if key in saved and plain(saved[key]) != plain(value)
-        ]
+        problems += changed_settings(saved, model.dynamics_settings(), "model.")
         state = checkpoint["state_dict"]
         if not problems and not bool(state.get("dynamics_trained", False)):
             problems.append("its run stopped before its model's fit ended")
