@@ -35,8 +35,8 @@ import torch
 from offrl.data import registry
 from offrl.models.any_step import AnyStepModel
 from offrl.models.ensemble import EnsembleModel
-from offrl.models.fitting import FitSettings, fit_dynamics
-from offrl.models.windows import window_starts
+from offrl.algos.dynamics import FitSettings, fit_dynamics
+from offrl.data.windows import window_starts
 from offrl.objectives.dynamics import any_step_penalty, ensemble_penalty
 
 REPORT_HORIZONS = (1, 5, 10, 20, 50, 100)

@@ -27,7 +27,8 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from offrl.models.fitting import fit_epoch, holdout_errors, split_windows, updates_per_epoch
+from offrl.algos.dynamics import fit_epoch, holdout_errors, updates_per_epoch
+from offrl.data.windows import split_window_starts
 from offrl.models.rollouts import rollout
 from offrl.nn.optim import adam
 from throughput import instantiate, matmul_peak, synchronize  # benchmarks/throughput.py, beside this script
@@ -75,7 +76,9 @@ def main() -> None:
     dynamics, hp = model.dynamics, model.hparams
 
     settings = model.fit_settings()
-    train_starts, holdout_starts = split_windows(transitions, dynamics.max_window, settings)
+    train_starts, holdout_starts = split_window_starts(
+        transitions["episode_last"], dynamics.max_window, settings.holdout_fraction, settings.max_holdout
+    )
     optimizer = adam(dynamics.parameters(), lr=settings.lr)
     dynamics.train()
     fit_seconds, fit_flops = timed(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from offrl.data import minari_io, registry
-from offrl.data.datamodules import HindsightDataModule, TransitionDataModule
+from offrl.data.datamodules import AnyStepDataModule, HindsightDataModule, TransitionDataModule
 from offrl.errors import OffrlError
 
 from conftest import write_synthetic
@@ -196,3 +196,46 @@ def test_bad_datamodule_values_are_refused():
         TransitionDataModule("offrl/pointmaze/umaze-v0", batch_size=0)
     with pytest.raises(OffrlError, match="sum to 1"):
         HindsightDataModule("offrl/pointmaze/umaze-v0", future_goal_prob=0.5)
+
+
+def test_any_step_windows_stay_in_one_episode_and_out_of_the_hold_out(flat_id):
+    """Every window of a batch: consecutive rows of one episode, all before the hold-out set; the target is the
+    state change over the window and its last reward; one k per batch, every k in 1..m drawn."""
+    module = ready(AnyStepDataModule(flat_id, max_window=4, batch_size=128, max_holdout=10, seed=3))
+    transitions = module.transitions
+    rows, train_end = transitions.batch_size[0], transitions.batch_size[0] - 10
+    ks = set()
+    for _ in range(40):
+        batch = module.sample(128)
+        k = batch["window_actions"].shape[1]
+        ks.add(k)
+        first = torch.stack([torch.nonzero((transitions["observation"] == obs).all(-1))[0, 0] for obs in batch["observation"][:16]])
+        last = first + k - 1
+        assert (last <= transitions["episode_last"][first]).all() and (last < train_end).all()
+        torch.testing.assert_close(batch["window_actions"][:16], transitions["action"][first[:, None] + torch.arange(k)])
+        delta = transitions["next", "observation"][last] - transitions["observation"][first]
+        torch.testing.assert_close(batch["target"][:16], torch.cat([delta, transitions["next", "reward"][last][:, None]], -1))
+    assert ks == {1, 2, 3, 4}
+    assert all((starts >= train_end).all() for starts in module.holdout_starts) and rows == sum(LENGTHS)
+    # The official epoch: N_train / batch_size * m updates (at least m).
+    assert module.steps_per_epoch == max(len(module.train_starts[0]) // 128, 1) * 4
+
+
+def test_any_step_sampler_draws_one_batch_per_member_and_resumes_from_its_state(flat_id):
+    first = ready(AnyStepDataModule(flat_id, max_window=3, members=5, batch_size=8, seed=4))
+    assert first.sample(8)["observation"].shape == (5, 8, 11)
+    state = first.state_dict()
+    expected = [first.sample(8) for _ in range(6)]
+    restored = ready(AnyStepDataModule(flat_id, max_window=3, members=5, batch_size=8, seed=99))
+    restored.load_state_dict(state)
+    restored._device_setup(torch.device("cpu"))
+    for want in expected:
+        got = restored.sample(8)
+        assert got["window_actions"].shape == want["window_actions"].shape  # the same k
+        torch.testing.assert_close(got["target"], want["target"])
+    with pytest.raises(OffrlError, match="data.max_window must be a positive integer, got 0"):
+        AnyStepDataModule(flat_id, max_window=0)
+    with pytest.raises(OffrlError, match=r"data.holdout_fraction must lie in \(0, 1\), got 1.5"):
+        AnyStepDataModule(flat_id, holdout_fraction=1.5)
+    with pytest.raises(OffrlError, match="no 31-step windows to train or hold out the model on"):
+        ready(AnyStepDataModule(flat_id, max_window=31))

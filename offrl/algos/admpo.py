@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from offrl.algos.dynamics import AnyStepDynamics
 from offrl.algos.model_based_sac import ModelBasedSAC, OnlineModelBasedSAC
 from offrl.errors import OffrlError
-from offrl.models.any_step import AnyStepModel
 from offrl.objectives.dynamics import PENALTY_FORMS
 
 
 class ADMPOOffline(ModelBasedSAC):
     default_name = "admpo_off"
+    dynamics_fit_class = AnyStepDynamics
 
     def __init__(
         self,
@@ -38,21 +39,13 @@ class ADMPOOffline(ModelBasedSAC):
         Args:
             max_window: m, the largest k of the any-step model.
             penalty_form: the uncertainty, "official" (spread of the means over k) or "eq4" (plus the variances).
-            dynamics_hidden_dim, dynamics_gru_layers, dynamics_residual_blocks, dynamics_dropout: the any-step model.
+            dynamics_hidden_dim, dynamics_gru_layers, dynamics_residual_blocks, dynamics_dropout: the any-step model
+                (offrl.algos.dynamics.AnyStepDynamics fits it).
             **kwargs: the roll-out, model-fitting and SAC settings of offrl.algos.model_based_sac.ModelBasedSAC.
         """
         if penalty_form not in PENALTY_FORMS:
             raise OffrlError(f"model.penalty_form must be one of {PENALTY_FORMS}, got {penalty_form!r}")
-        if max_window < 1:
-            raise OffrlError(f"model.max_window must be >= 1, got {max_window}")
         super().__init__(**kwargs)
-
-    def build_dynamics(self, obs_dim: int, action_dim: int) -> AnyStepModel:
-        hp = self.hparams
-        return AnyStepModel(
-            obs_dim, action_dim, hp.max_window, hp.dynamics_hidden_dim, hp.dynamics_gru_layers,
-            hp.dynamics_residual_blocks, hp.dynamics_dropout, hp.penalty_form,
-        )
 
 
 class ADMPOOnline(OnlineModelBasedSAC, ADMPOOffline):

@@ -190,6 +190,7 @@ class OfflineAlgorithm(L.LightningModule):
 
     algorithm_name = "offline"
     progress_bar_loss: str | None = None  # the loss shown in the progress bar
+    acts_in_env = True  # a policy: EvaluationCallback rolls it out in the env at every validation
 
     def __init__(self):
         super().__init__()

@@ -2,8 +2,9 @@
 transitions with transitions rolled out in a learned dynamics model. The algorithm files (`mopo.py`,
 `admpo.py`) choose the model (`build_dynamics`) and its settings; everything else is here, top to bottom:
 
-- offline (`ModelBasedSAC`): fit the model on the dataset once, at the start of `fit` (kept in the checkpoint);
-  every `rollout_every` updates roll the policy out for `rollout_horizon` model steps from `rollout_batch_size`
+- offline (`ModelBasedSAC`): train with a fitted model: the CLI fits it first (offrl.algos.dynamics.DynamicsFit,
+  the run's own Trainer phase in `<run>/dynamics/`) or takes one fitted before (`dynamics_checkpoint`), and hands
+  it over (`use_fitted_dynamics`; kept in the checkpoint); every `rollout_every` updates roll the policy out for `rollout_horizon` model steps from `rollout_batch_size`
   real states, with reward r - penalty_coef * penalty; every update trains SAC on the datamodule's real batch
   plus `model_rows` rows of a buffer holding the last `retain_rounds` roll-out rounds.
 - online (`OnlineModelBasedSAC`): offrl.callbacks.online.OnlineInteraction fills a ReplayDataModule; every
@@ -25,17 +26,26 @@ from offrl.algos.sac import SACAgent, SACUpdates
 from offrl.dataset_info import DatasetInfo
 from offrl.envs.termination import termination_fn
 from offrl.errors import OffrlError
+from offrl.algos.dynamics import DynamicsFit, FitSettings, fit_dynamics
+from offrl.data.windows import window_starts
 from offrl.models.dynamics import DynamicsModel
-from offrl.models.fitting import FitSettings, fit_dynamics
 from offrl.models.rollouts import SAC_KEYS, ModelBuffer, rollout
-from offrl.models.windows import window_starts
 from offrl.nn.optim import adam
 
 
+# The fit's data settings: a model-based algorithm's name -> the AnyStepDataModule's.
+DYNAMICS_DATA_SETTINGS = {
+    "dynamics_batch_size": "batch_size", "dynamics_holdout_fraction": "holdout_fraction",
+    "dynamics_max_holdout": "max_holdout", "dynamics_updates_per_epoch": "steps_per_epoch",
+}
+
+
 class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
-    """Offline model-based SAC with uncertainty-penalised roll-outs; subclasses build the model."""
+    """Offline model-based SAC with uncertainty-penalised roll-outs; subclasses name their model's fit
+    (`dynamics_fit_class`, an offrl.algos.dynamics.DynamicsFit)."""
 
     default_name = "model_based_sac"
+    dynamics_fit_class: type[DynamicsFit]
 
     def __init__(
         self,
@@ -91,15 +101,14 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         super().__init__()
         for name_, value in (("rollout_horizon", rollout_horizon), ("rollout_every", rollout_every),
                              ("rollout_batch_size", rollout_batch_size), ("retain_rounds", retain_rounds),
-                             ("dynamics_batch_size", dynamics_batch_size), ("dynamics_patience", dynamics_patience)):
+                             ("dynamics_batch_size", dynamics_batch_size)):
             if value < 1:
                 raise OffrlError(f"model.{name_} must be a positive integer, got {value}")
         if model_rows < 0:
             raise OffrlError(f"model.model_rows must be >= 0, got {model_rows}")
-        if not 0.0 <= dynamics_improvement < 1.0:
-            raise OffrlError(f"model.dynamics_improvement must be in [0, 1) (a relative drop, e.g. 0.01), got {dynamics_improvement}")
         check_td_settings(discount, tau)
         self.save_hyperparameters()
+        self.dynamics_fit()  # the model's own settings are checked by its fit
         self.model_buffer = ModelBuffer(rollout_batch_size * rollout_horizon * retain_rounds)
         self.fitted_dynamics: dict[str, torch.Tensor] | None = None  # a fitted model's state, set before fit
 
@@ -107,8 +116,15 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
     def algorithm_name(self) -> str:
         return self.hparams.name or self.default_name
 
+    def dynamics_fit(self) -> tuple[DynamicsFit, dict[str, Any]]:
+        """The fit of this run's dynamics model: its LightningModule and its AnyStepDataModule's settings."""
+        settings = self.dynamics_settings()
+        data = {DYNAMICS_DATA_SETTINGS[key]: settings.pop(key) for key in DYNAMICS_DATA_SETTINGS}
+        fit = self.dynamics_fit_class(**settings)
+        return fit, {**data, "max_window": settings.get("max_window", 1), "members": fit.members()}
+
     def build_dynamics(self, obs_dim: int, action_dim: int) -> DynamicsModel:
-        raise NotImplementedError
+        return self.dynamics_fit()[0].build_model(obs_dim, action_dim, self.hparams.get("penalty_form"))
 
     def fit_settings(self) -> FitSettings:
         hp = self.hparams
@@ -132,7 +148,7 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
     def dynamics_settings(self) -> dict[str, Any]:
         """The settings that decide the fitted model: its architecture and how it is fitted."""
         return {key: value for key, value in self.hparams.items()
-                if (key.startswith("dynamics_") and key != "dynamics_checkpoint") or key == "max_window"}
+                if (key.startswith("dynamics_") and key not in ("dynamics_checkpoint", "dynamics_every")) or key == "max_window"}
 
     def use_fitted_dynamics(self, state: dict[str, torch.Tensor]) -> None:
         """Use this dynamics-model state (a fitted model's `dynamics.*` tensors) instead of fitting one."""
@@ -167,15 +183,11 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         return {"model.rollout_every": self.hparams.rollout_every}
 
     def on_fit_start(self) -> None:
-        if bool(self.dynamics_trained):
-            return
-        history = fit_dynamics(
-            self.dynamics, self.datamodule.transitions.to(self.device), self.fit_settings(), progress=self.trainer.is_global_zero
-        )
-        self.dynamics_trained.fill_(True)
-        if self.logger is not None:
-            for epoch, error in enumerate(history):
-                self.logger.log_metrics({"model/holdout_mse": error}, step=epoch)
+        if not bool(self.dynamics_trained):
+            raise OffrlError(
+                f"{type(self).__name__} trains with a fitted dynamics model and was given none: train it with `offrl fit` "
+                "(which fits the model first) or set model.dynamics_checkpoint to a fitted model"
+            )
 
     def rollout_penalty_coef(self) -> float | None:
         return self.hparams.penalty_coef

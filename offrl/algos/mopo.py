@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from offrl.algos.dynamics import EnsembleDynamics
 from offrl.algos.model_based_sac import ModelBasedSAC, OnlineModelBasedSAC
-from offrl.errors import OffrlError
-from offrl.models.ensemble import EnsembleModel
 
 
 class MOPO(ModelBasedSAC):
     default_name = "mopo"
+    dynamics_fit_class = EnsembleDynamics
 
     def __init__(
         self,
@@ -31,23 +31,10 @@ class MOPO(ModelBasedSAC):
             dynamics_members, dynamics_elites: ensemble size, and the members roll-outs sample from.
             dynamics_weight_decay: MOPO's per-layer L2 coefficients on the members' weights, one per linear layer
                 from input to output (None: no decay).
+            (offrl.algos.dynamics.EnsembleDynamics checks and fits them.)
             **kwargs: the roll-out, model-fitting and SAC settings of offrl.algos.model_based_sac.ModelBasedSAC.
         """
-        if dynamics_elites > dynamics_members:
-            raise OffrlError(f"model.dynamics_elites ({dynamics_elites}) must not exceed dynamics_members ({dynamics_members})")
-        layers = len(dynamics_hidden_dims) + 1
-        if dynamics_weight_decay is not None and (len(dynamics_weight_decay) != layers or min(dynamics_weight_decay) < 0):
-            raise OffrlError(
-                f"model.dynamics_weight_decay must be {layers} non-negative numbers (one per ensemble layer), "
-                f"got {list(dynamics_weight_decay)}"
-            )
         super().__init__(**kwargs)
-
-    def build_dynamics(self, obs_dim: int, action_dim: int) -> EnsembleModel:
-        hp = self.hparams
-        return EnsembleModel(
-            obs_dim, action_dim, list(hp.dynamics_hidden_dims), hp.dynamics_members, hp.dynamics_elites, hp.dynamics_weight_decay
-        )
 
 
 class MBPO(OnlineModelBasedSAC, MOPO):

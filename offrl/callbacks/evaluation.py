@@ -66,7 +66,7 @@ class EvaluationCallback(L.Callback):
         return metrics
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not acts_in_env(pl_module):
             return
         for name, value in self.evaluation_metrics(trainer, pl_module).items():
             pl_module.log(name, torch.tensor(value), rank_zero_only=True)
@@ -76,6 +76,8 @@ class EvaluationCallback(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         # After every on_train_start (the RNG states are restored there), before the first update of the epoch
         # (Lightning resumes such a checkpoint as the middle of an epoch: no on_train_epoch_start).
+        if not acts_in_env(pl_module):
+            return
         step, every = trainer.global_step, trainer.datamodule.steps_per_epoch
         due = step % every == 0 and (step // every) % (trainer.check_val_every_n_epoch or 1) == 0
         if self.evaluated_at < step and due and trainer.limit_val_batches != 0:
@@ -92,7 +94,7 @@ class EvaluationCallback(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Build the env before the first update: a dataset that cannot be evaluated fails now, not an epoch later.
-        if trainer.is_global_zero and trainer.limit_val_batches != 0 and self.env is None:
+        if trainer.is_global_zero and trainer.limit_val_batches != 0 and self.env is None and acts_in_env(pl_module):
             self.env = make_eval_env(trainer.datamodule.info, self.num_envs, self.seed, self.parallel)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -105,3 +107,8 @@ class EvaluationCallback(L.Callback):
         if self.env is not None:
             self.env.close()
             self.env = None
+
+
+def acts_in_env(pl_module: L.LightningModule) -> bool:
+    """Whether the module is a policy to evaluate in the env (a dynamics fit validates on hold-out data instead)."""
+    return getattr(pl_module, "acts_in_env", True)

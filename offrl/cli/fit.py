@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import lightning as L
 import yaml
 from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -21,14 +22,15 @@ from torch.utils.tensorboard.summary import hparams
 
 # Imported so that a config or --model may name an algorithm by its class name alone: jsonargparse resolves a
 # short class_path among the imported subclasses.
-from offrl.algos import admpo, bc, mopo, rsp, sac, value_policy  # noqa: F401
+from offrl.algos import admpo, bc, dynamics, mopo, rsp, sac, value_policy  # noqa: F401
 from offrl.algos.base import OfflineAlgorithm
-from offrl.algos.model_based_sac import ModelBasedSAC, OnlineModelBasedSAC
+from offrl.algos.model_based_sac import DYNAMICS_DATA_SETTINGS, ModelBasedSAC, OnlineModelBasedSAC
 from offrl.callbacks.evaluation import EvaluationCallback
 from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
 from offrl.callbacks.report import RunReport, UpdateProgressBar
 from offrl.callbacks.throughput import UpdateLoop, UpdateThroughput
 from offrl.checkpoints import AtomicCheckpointIO, newest_readable, read_checkpoint
+from offrl.cli.dynamics import fit_dynamics_phase, needs_dynamics_fit, phase_checkpoint_dir
 from offrl.data.datamodules import TransitionDataModule
 from offrl.errors import OffrlError
 from offrl.reports import SCORE_METRICS
@@ -55,7 +57,8 @@ def runs_with_checkpoints(run_dir: Path) -> list[Path]:
     found = []
     for version_dir in run_dir.glob("version_*"):
         number = version_dir.name[len("version_"):]
-        if number.isdigit() and any((version_dir / "checkpoints").glob("*.ckpt")):
+        saved = any((version_dir / "checkpoints").glob("*.ckpt")) or any(phase_checkpoint_dir(version_dir).glob("*.ckpt"))
+        if number.isdigit() and saved:
             found.append((int(number), version_dir))
     return [folder for _, folder in sorted(found, reverse=True)]
 
@@ -175,7 +178,7 @@ class ConfigParser(LightningArgumentParser):
         raise ConfigError(message) from ex
 
 
-DATAMODULES = ("TransitionDataModule", "HindsightDataModule", "SkipStepDataModule")
+DATAMODULES = ("TransitionDataModule", "HindsightDataModule", "SkipStepDataModule", "AnyStepDataModule")
 
 
 def close_match(word: str, candidates) -> str:
@@ -267,17 +270,23 @@ class OffrlCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_name = f"{self.model.algorithm_name}/{dataset_short_name(self.datamodule.dataset_id)}"
         resumed_run = None  # the run folder a `fit --ckpt_path last` continues
+        self.dynamics_resume: Path | None = None  # the dynamics-fit checkpoint a run stopped in that phase resumes
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
             # This config's own run: its newest readable checkpoint, and (for fit) its folder to log into.
             given = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]
             files = [Path(str(file)) for file in config.get("config") or []]
             run_dir = run_of_config(Path(LOG_ROOT) / run_name, given, files)
-            path, skipped = newest_readable(run_dir / "checkpoints")
+            in_dynamics_phase = not any((run_dir / "checkpoints").glob("*.ckpt"))
+            path, skipped = newest_readable(phase_checkpoint_dir(run_dir) if in_dynamics_phase else run_dir / "checkpoints")
             for line in skipped:
                 print(f"offrl: {line}; resuming from {path} instead", file=sys.stderr)
-            self.config_init[self.subcommand]["ckpt_path"] = str(path)
-            config["ckpt_path"] = str(path)  # and the start's recorded config names the file it resumed
+            if in_dynamics_phase and self.subcommand == "fit":
+                # Stopped while fitting its dynamics model: that fit goes on (before_fit), then SAC starts afresh.
+                self.dynamics_resume, ckpt_path = path, None
+            else:
+                self.config_init[self.subcommand]["ckpt_path"] = str(path)
+                config["ckpt_path"] = str(path)  # and the start's recorded config names the file it resumed
             resumed_run = run_dir if self.subcommand == "fit" else None
         elif ckpt_path is not None:
             path = Path(ckpt_path)
@@ -292,8 +301,12 @@ class OffrlCLI(LightningCLI):
             if self.trainer.is_global_zero:
                 doing = {"fit": "resuming from", "test": "testing", "validate": "validating"}.get(self.subcommand, "loading")
                 print(f"offrl: {doing} {path} (update {self.start_step})", file=sys.stderr)
-        if self.subcommand == "fit" and ckpt_path is None and isinstance(self.model, ModelBasedSAC) and self.model.hparams.get("dynamics_checkpoint"):
-            self.hand_over_fitted_dynamics(Path(self.model.hparams.dynamics_checkpoint))
+        self.fits_dynamics_first = False
+        if self.subcommand == "fit" and ckpt_path is None and isinstance(self.model, ModelBasedSAC):
+            if self.model.hparams.get("dynamics_checkpoint"):
+                self.hand_over_fitted_dynamics(Path(self.model.hparams.dynamics_checkpoint))
+            else:
+                self.fits_dynamics_first = needs_dynamics_fit(self.model)
         self.fresh_run_dir = self.extra_config_file = None
         if config["trainer"].get("logger") in (None, True):
             tested_run = self.tested_run_dir(path) if ckpt_path is not None and self.subcommand != "fit" else None
@@ -326,23 +339,26 @@ class OffrlCLI(LightningCLI):
                 "on the data it collects; remove the setting"
             )
         checkpoint = read_checkpoint(path, map_location="cpu")
-        made, saved = checkpoint.get("offrl", {}), checkpoint.get("hyper_parameters") or {}
-        own = f"{type(model).__module__}.{type(model).__qualname__}"
+        made, fit_settings = checkpoint.get("offrl", {}), checkpoint.get("hyper_parameters") or {}
+        data_settings = checkpoint.get("datamodule_hyper_parameters") or {}
+        recorded = {**fit_settings, **{name: data_settings.get(key) for name, key in DYNAMICS_DATA_SETTINGS.items() if key in data_settings}}
+        fit, _ = model.dynamics_fit()
+        own = f"{type(fit).__module__}.{type(fit).__qualname__}"
         problems = []
         if made.get("algorithm") != own:
-            problems.append(f"it was made by {made.get('algorithm')}, not {own}")
+            problems.append(f"it was made by {made.get('algorithm')}, not a fit of {own}")
         if made.get("dataset_id") != dataset_id:
             problems.append(f"its model was fitted on {made.get('dataset_id')}, not {dataset_id}")
-        problems += changed_settings(saved, model.dynamics_settings(), "model.")
-        state = checkpoint["state_dict"]
-        if not problems and not bool(state.get("dynamics_trained", False)):
-            problems.append("its run stopped before its model's fit ended")
+        problems += changed_settings(recorded, model.dynamics_settings(), "model.")
+        saved = checkpoint.get("dynamics_fit") or {}
+        if not problems and not (saved.get("finished") and saved.get("fitted_dynamics")):
+            problems.append("its fit stopped before early stopping ended it (continue it with --ckpt_path last)")
         if problems:
             raise OffrlError(
-                f"model.dynamics_checkpoint {path} cannot serve this run ({'; '.join(problems)}); give a checkpoint of a "
-                "run with this algorithm, dataset and dynamics settings, or remove the setting to fit a model"
+                f"model.dynamics_checkpoint {path} cannot serve this run ({'; '.join(problems)}); give the dynamics/checkpoints/last.ckpt "
+                "of a run with this algorithm, dataset and dynamics settings, or remove the setting to fit a model"
             )
-        model.use_fitted_dynamics({key[len("dynamics."):]: value for key, value in state.items() if key.startswith("dynamics.")})
+        model.use_fitted_dynamics(saved["fitted_dynamics"])
         if self.trainer.is_global_zero:
             print(f"offrl: using the dynamics model fitted in {path}; no model fit in this run", file=sys.stderr)
 
@@ -353,6 +369,36 @@ class OffrlCLI(LightningCLI):
         return run_dir if checkpoint.resolve().parent.name == "checkpoints" and (run_dir / "config.yaml").exists() else None
 
     def before_fit(self) -> None:
+        if self.fits_dynamics_first:
+            self.fit_dynamics_first()
+        self.show_config_in_tensorboard()
+
+    def fit_dynamics_first(self) -> None:
+        """An offline model-based run without a fitted model fits one first (offrl.cli.dynamics), then starts SAC
+        from the config's seed again: the SAC phase draws the same numbers as a run given that model as
+        model.dynamics_checkpoint."""
+        if self.trainer.world_size > 1:
+            raise OffrlError(
+                "a run on several devices does not fit its dynamics model itself; fit it first on one "
+                "(offrl fit --config <this config> --trainer.devices 1 --trainer.max_steps 0 makes <run>/dynamics/checkpoints/last.ckpt) "
+                "and give it as model.dynamics_checkpoint"
+            )
+        config = self.config[self.subcommand]
+        run_dir = Path(self.trainer.logger.log_dir) if self.trainer.logger is not None else Path(self.trainer.default_root_dir)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, SaveConfigCallback):  # the run folder names its config from the first phase on
+                callback.setup(self.trainer, self.model, "fit")
+        loop = next((c for c in self.trainer.callbacks if isinstance(c, UpdateLoop)), None)
+        fit_dynamics_phase(
+            self.model, self.datamodule, run_dir, self.dynamics_resume, accelerator=config["trainer"].get("accelerator") or "auto",
+            threads=loop.threads if loop is not None else "auto", progress_bar=self.trainer.progress_bar_callback is not None,
+            log_every_n_steps=self.trainer.log_every_n_steps,
+        )
+        seed = config.get("seed_everything")
+        if seed is not None and seed is not False:
+            L.seed_everything(seed, workers=True, verbose=False)  # as LightningCLI seeded the run
+
+    def show_config_in_tensorboard(self) -> None:
         """TensorBoard shows the resolved config beside the curves: as hyperparameters (HPARAMS tab, against the
         evaluation score) and as text."""
         logger = self.trainer.logger
@@ -409,13 +455,16 @@ Algorithms (model.class_path: the short name or offrl.algos.<file>.<name>; one r
   MOPO, MBPO                  model-based SAC with an MLP ensemble, offline / online      offrl.algos.mopo
   ADMPOOffline, ADMPOOnline   ADMPO-OFF / ADMPO-ON, the any-step dynamics model           offrl.algos.admpo
   SAC                         online SAC                                                  offrl.algos.sac
+  AnyStepDynamics, EnsembleDynamics   a dynamics model alone (configs/dynamics/): its checkpoint serves
+                              MOPO / ADMPO-OFF runs as model.dynamics_checkpoint         offrl.algos.dynamics
 `offrl fit --model.help MOPO` lists one algorithm's settings; `--model BC` picks one on the command line."""
 
 
 ALGORITHMS = {
     name: f"offrl.algos.{module}.{name}"
     for module, names in (("bc", ["BC"]), ("value_policy", ["ValuePolicy"]), ("rsp", ["RSP"]), ("mopo", ["MOPO", "MBPO"]),
-                          ("admpo", ["ADMPOOffline", "ADMPOOnline"]), ("sac", ["SAC"]))
+                          ("admpo", ["ADMPOOffline", "ADMPOOnline"]), ("sac", ["SAC"]),
+                          ("dynamics", ["AnyStepDynamics", "EnsembleDynamics"]))
     for name in names
 }
 

@@ -20,6 +20,7 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
 from offrl.data import registry
+from offrl.data.windows import split_window_starts, window_batch
 from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 from offrl.processes import gather_ranks, own_rank
@@ -401,3 +402,109 @@ class SkipStepDataModule(HindsightDataModule):
     def _device_setup(self, device: torch.device) -> None:
         super()._device_setup(device)
         self.plan_offsets = self.plan_offsets.to(device)
+
+
+class AnyStepDataModule(TransitionDataModule):
+    """Windows of k consecutive steps inside one episode, for fitting a dynamics model: ADM's any-step GRU
+    (k in 1..max_window) or a one-step ensemble (max_window 1). Each batch has one k ~ U{1..max_window}, as
+    the official ADMPO code draws it. A batch (offrl.data.windows.window_batch), shape [batch_size] or
+    [members, batch_size] (one independent batch per ensemble member):
+
+        observation     [*, obs_dim]          s_i, the window's first state
+        window_actions  [*, k, action_dim]    a_i .. a_{i+k-1}
+        target          [*, obs_dim + 1]      (s_{i+k} - s_i, r_{i+k-1})
+
+    The hold-out set is the last min(holdout_fraction * N, max_holdout) transitions (no training window reaches
+    into it). Validation yields, for each k in turn, every hold-out window of that k. Training epochs have
+    steps_per_epoch updates (default N_train / batch_size * max_window, the official epoch).
+    """
+
+    def __init__(
+        self,
+        dataset_id: str,
+        max_window: int = 1,
+        members: int = 1,
+        holdout_fraction: float = 0.2,
+        max_holdout: int = 1000,
+        batch_size: int = 256,
+        steps_per_epoch: int | None = None,
+        **kwargs: Any,
+    ):
+        """
+        Args:
+            dataset_id, batch_size, **kwargs: TransitionDataModule's (seed, env_id, generate_*).
+            max_window: m, the longest window; k is drawn from 1..m for each batch.
+            members: independent batches per update, one per ensemble member (1: a single model).
+            holdout_fraction, max_holdout: the hold-out set, the last min(fraction * N, max) transitions.
+            steps_per_epoch: updates per epoch (None: N_train / batch_size * max_window).
+        """
+        for name, value in (("max_window", max_window), ("members", members), ("max_holdout", max_holdout)):
+            if value < 1:
+                raise OffrlError(f"data.{name} must be a positive integer, got {value}")
+        if not 0.0 < holdout_fraction < 1.0:
+            raise OffrlError(f"data.holdout_fraction must lie in (0, 1), got {holdout_fraction}")
+        super().__init__(dataset_id, batch_size=batch_size, steps_per_epoch=steps_per_epoch or 1, **kwargs)
+        self.steps_per_epoch = steps_per_epoch  # None until the data is known
+        self.max_window, self.members = max_window, members
+        self.holdout_fraction, self.max_holdout = holdout_fraction, max_holdout
+        self.train_starts: list[torch.Tensor] = []
+        self.holdout_starts: list[torch.Tensor] = []
+        # k is drawn on the host (a device draw would wait for the device at every batch), from its own stream.
+        self.window_generator: torch.Generator | None = None
+        self._window_generator_state: torch.Tensor | None = None
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return (self.members, self.batch_size) if self.members > 1 else (self.batch_size,)
+
+    def prepare_transitions(self, transitions: TensorDict) -> None:
+        self.train_starts, self.holdout_starts = split_window_starts(
+            transitions["episode_last"], self.max_window, self.holdout_fraction, self.max_holdout
+        )
+        if self.steps_per_epoch is None:
+            self.steps_per_epoch = max(len(self.train_starts[0]) // self.batch_size, 1) * self.max_window
+
+    def val_dataloader(self) -> DataLoader:
+        return StepLoader(StepCounter(self.max_window))  # step i: the hold-out windows of k = i + 1
+
+    def _device_setup(self, device: torch.device) -> None:
+        super()._device_setup(device)
+        if self.train_starts[0].device != device:
+            self.train_starts = [starts.to(device) for starts in self.train_starts]
+            self.holdout_starts = [starts.to(device) for starts in self.holdout_starts]
+        if self.window_generator is None:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self.window_generator = torch.Generator().manual_seed(WINDOW_SEED_OFFSET + self.seed + rank)
+            if self._window_generator_state is not None:
+                self.window_generator.set_state(self._window_generator_state)
+                self._window_generator_state = None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and (self.trainer.validating or self.trainer.sanity_checking):
+            self._device_setup(self.trainer.strategy.root_device)
+            k = int(batch) + 1
+            return window_batch(self.transitions, self.holdout_starts[k - 1], k)
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+    def sample(self, batch_size: int) -> TensorDict:
+        k = int(torch.randint(1, self.max_window + 1, (), generator=self.window_generator))
+        starts = self.train_starts[k - 1]
+        shape = (self.members, batch_size) if self.members > 1 else (batch_size,)
+        u = torch.rand(shape, generator=self.generator, device=starts.device)
+        return window_batch(self.transitions, starts[(u * len(starts)).long()], k)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        window_state = self.window_generator.get_state() if self.window_generator is not None else self._window_generator_state
+        state["window_generators"] = gather_ranks(window_state)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        saved = state_dict.get("window_generators")
+        self._window_generator_state = own_rank(saved, self.trainer) if fitting and saved else None
+        self.window_generator = None
+
+
+WINDOW_SEED_OFFSET = 0x5EED  # the window-length stream differs from the index stream of the same data.seed

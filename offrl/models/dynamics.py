@@ -1,4 +1,4 @@
-"""The interface every dynamics model offers to model fitting (`fitting.py`) and roll-outs (`rollouts.py`).
+"""The interface every dynamics model offers to model fitting (offrl.algos.dynamics) and roll-outs (`rollouts.py`).
 
 A model predicts a Gaussian over (s_{t+1} - s_{t-k+1}, r_t) from the state at the start of a window of k real
 steps and the k actions in it (k = 1 for one-step models), and normalises its inputs with statistics fixed from
