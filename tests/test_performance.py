@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +23,7 @@ from offrl.algos.bc import BC
 from offrl.algos.rsp import RSP
 from offrl.algos.value_policy import ValuePolicy
 from offrl.callbacks.throughput import UpdateLoop
+from offrl.cli.dynamics import fit_dynamics_phase, needs_dynamics_fit
 from offrl.data.datamodules import HindsightDataModule, SkipStepDataModule, TransitionDataModule
 from offrl.data.replay import ReplayDataModule
 from offrl.errors import OffrlError
@@ -48,6 +50,10 @@ class StepRecorder(L.Callback):
 
 
 def fit(model, datamodule, max_steps: int, loop: UpdateLoop, recorder=None, log_every: int = 48, **options) -> L.Trainer:
+    if needs_dynamics_fit(model):  # MOPO, ADMPO-OFF: the model's fit comes first, as `offrl fit` runs it
+        L.seed_everything(0)
+        with tempfile.TemporaryDirectory() as folder:
+            fit_dynamics_phase(model, datamodule, Path(folder), accelerator="cpu", progress_bar=False)
     L.seed_everything(0)
     trainer = quiet_trainer(max_steps, [loop] + ([recorder] if recorder else []), evaluate=False, log_every_n_steps=log_every, **options)
     trainer.fit(model, datamodule)
@@ -266,9 +272,10 @@ def test_shipped_offline_configs_run_ten_updates_per_step_and_their_cadences_all
         config = yaml.safe_load(path.read_text())
         if "model" not in config or "trainer" not in config:
             continue  # a layer (value_extraction/quick.yaml, opex.yaml, ...), not a whole recipe
-        online = path.parent.name in ("sac", "admpo_on")
+        # Online runs take env steps between updates; a dynamics fit's epoch is N_train / batch_size * m updates.
+        one_per_step = path.parent.name in ("sac", "admpo_on", "dynamics")
         per_step = config.get("performance", {}).get("updates_per_step", 1)
-        assert per_step == (1 if online else 10), path
+        assert per_step == (1 if one_per_step else 10), path
         cadences = [
             config["data"]["init_args"].get("steps_per_epoch"), config.get("checkpoint", {}).get("every_n_train_steps"),
             config["trainer"].get("log_every_n_steps", 50), config["model"]["init_args"].get("rollout_every"),
