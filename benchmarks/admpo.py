@@ -1,7 +1,9 @@
 """ADMPO-OFF vs MOPO vs BC: D4RL-normalised scores on the local MuJoCo datasets (arXiv 2405.17031, Table 1).
 
 Every (algorithm, dataset, seed) is one `offrl fit` of the algorithm's config (configs/admpo_off, configs/mopo,
-configs/bc with the dataset swapped in) in its own process and folder; `--jobs` run at once. The score is the
+configs/bc with the dataset swapped in) in its own process and folder; `--jobs` run at once. With
+`--share-model-fit`, a model-based algorithm fits its dynamics model once per dataset, in its first seed's run; the
+other seeds start after it and take that model (`model.dynamics_checkpoint`), so they share its errors. The score is the
 last evaluation's eval/normalized_score (10 episodes in full mode). Missing datasets are generated first, once.
 
 Full mode is the configs as they are (5M updates; hours per job on a GPU). `--reduced` is a CPU smoke budget:
@@ -36,7 +38,7 @@ def dataset_id(short: str) -> str:
     return f"offrl/mujoco/{env}/{kind}-v0"
 
 
-def fit_command(algorithm: str, dataset: str, seed: int, args) -> list[str]:
+def fit_command(algorithm: str, dataset: str, seed: int, args, dynamics_checkpoint: Path | None = None) -> list[str]:
     config = ROOT / "configs" / algorithm / f"{dataset}.yaml"
     if algorithm == "bc":
         config = ROOT / "configs" / "bc" / "hopper-medium.yaml"  # the same BC recipe on every dataset
@@ -55,10 +57,32 @@ def fit_command(algorithm: str, dataset: str, seed: int, args) -> list[str]:
             "model.init_args.dynamics_max_epochs": args.dynamics_max_epochs,
             "model.init_args.dynamics_updates_per_epoch": args.dynamics_updates_per_epoch,
         })
+    if dynamics_checkpoint is not None:
+        settings["model.init_args.dynamics_checkpoint"] = dynamics_checkpoint
     for key, value in settings.items():
         if value is not None:
             command += [f"--{key}", str(value)]
     return command
+
+
+def job_folder(job: tuple[str, str, int], args) -> Path:
+    algorithm, dataset, seed = job
+    return args.work_dir / f"{algorithm}-{dataset}-s{seed}"
+
+
+def takes_shared_fit(job: tuple[str, str, int], args) -> bool:
+    """Under --share-model-fit, a model-based job of any seed but the first takes the first seed's fitted model."""
+    algorithm, _, seed = job
+    return args.share_model_fit and algorithm != "bc" and seed != args.seeds[0]
+
+
+def shared_fit(job: tuple[str, str, int], args) -> Path | None:
+    """The fitted model a job takes: its first seed's (None when it fits its own, or the first seed left none)."""
+    algorithm, dataset, _ = job
+    if not takes_shared_fit(job, args):
+        return None
+    fitted = sorted(job_folder((algorithm, dataset, args.seeds[0]), args).glob("logs/*/*/version_*/dynamics/checkpoints/last.ckpt"))
+    return fitted[-1] if fitted else None
 
 
 def score_curve(run_root: Path) -> dict[int, float]:
@@ -77,11 +101,12 @@ def score_curve(run_root: Path) -> dict[int, float]:
 
 def run_job(job: tuple[str, str, int], args) -> dict:
     algorithm, dataset, seed = job
-    folder = args.work_dir / f"{algorithm}-{dataset}-s{seed}"
+    folder = job_folder(job, args)
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
-    result = subprocess.run(fit_command(algorithm, dataset, seed, args), cwd=folder, env=env, capture_output=True, text=True)
+    command = fit_command(algorithm, dataset, seed, args, shared_fit(job, args))
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
     (folder / "stderr.txt").write_text(result.stderr)
     curve = score_curve(folder)
     return {"algorithm": algorithm, "dataset": dataset, "seed": seed, "returncode": result.returncode,
@@ -105,6 +130,7 @@ def main() -> None:
     parser.add_argument("--dynamics-max-epochs", type=int, default=None, help="cap on model pretraining epochs (default: early stopping only)")
     parser.add_argument("--dynamics-updates-per-epoch", type=int, default=None, help="model updates per pretraining epoch (default: a pass over the data)")
     parser.add_argument("--reduced", action="store_true", help="CPU smoke budget: 20k-step datasets, 1000 updates, 5 episodes, 1000 roll-out starts every 250, 3 model epochs of 100 updates")
+    parser.add_argument("--share-model-fit", action="store_true", help="one dynamics fit per (algorithm, dataset): later seeds take the first seed's")
     parser.add_argument("--work-dir", type=Path, default=Path("benchmark_runs/admpo"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "admpo.md")
     args = parser.parse_args()
@@ -121,14 +147,19 @@ def main() -> None:
             registry.generate(dataset_id(dataset), steps=args.generate_steps, seed=0)
     jobs = [(a, d, s) for d in args.datasets for a in args.algorithms for s in args.seeds]
     start = time.perf_counter()
+    # Under --share-model-fit the first seeds (which fit the models) run before the others.
+    waves = [[job for job in jobs if not takes_shared_fit(job, args)], [job for job in jobs if takes_shared_fit(job, args)]]
+    results = []
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: run_job(job, args), jobs))
+        for wave in waves:
+            results += list(pool.map(lambda job: run_job(job, args), wave))
     table = {}
     for r in results:
         table.setdefault(r["dataset"], {}).setdefault(r["algorithm"], []).append(r["score"])
     summary = {
         "benchmark": "admpo", "device": args.device, "reduced": args.reduced, "seeds": args.seeds,
         "generate_steps": args.generate_steps, "max_steps": args.max_steps, "seconds": time.perf_counter() - start,
+        "share_model_fit": args.share_model_fit,
         "failed": [f"{r['algorithm']}/{r['dataset']}/s{r['seed']}" for r in results if r["returncode"] != 0],
         "scores": {d: {a: mean_std(v) for a, v in row.items()} for d, row in table.items()},
         "curves": mean_curves(results),

@@ -301,5 +301,5 @@ def test_mbpo_runs_the_online_loop_with_the_ensemble(in_tmp_dir):
     datamodule = ReplayDataModule("Hopper-v5", batch_size=8, steps_per_epoch=120, capacity=1000)
     trainer(120, [OnlineInteraction(warmup_steps=100, updates_per_env_step=1.0, seed=0)], evaluate=False).fit(model, datamodule)
     assert isinstance(model.dynamics, EnsembleModel) and model.algorithm_name == "mbpo"
-    assert model.model_env_steps == 201 and 0 < model.model_buffer.size <= 2 * 16 * 2
+    assert model.schedule.model_env_steps == 201 and 0 < model.model_buffer.size <= 2 * 16 * 2
     assert "penalty" not in model.model_buffer.data.keys()

@@ -2,12 +2,15 @@
 transitions with transitions rolled out in a learned dynamics model. The algorithm files (`mopo.py`,
 `admpo.py`) choose the model (`build_dynamics`) and its settings; everything else is here, top to bottom:
 
-- offline (`ModelBasedSAC`): train with a fitted model: the CLI fits it first (offrl.algos.dynamics.DynamicsFit,
-  the run's own Trainer phase in `<run>/dynamics/`) or takes one fitted before (`dynamics_checkpoint`), and hands
-  it over (`use_fitted_dynamics`; kept in the checkpoint); every `rollout_every` updates roll the policy out for `rollout_horizon` model steps from `rollout_batch_size`
-  real states, with reward r - penalty_coef * penalty; every update trains SAC on the datamodule's real batch
-  plus `model_rows` rows of a buffer holding the last `retain_rounds` roll-out rounds.
-- online (`OnlineModelBasedSAC`): offrl.callbacks.online.OnlineInteraction fills a ReplayDataModule; every
+Every update trains SAC on the datamodule's real batch plus `model_rows` rows of a buffer holding the last
+`retain_rounds` roll-out rounds; when its schedule (`self.schedule`) says a round is due, the current policy is first
+rolled out in the model from `rollout_batch_size` real states. Two schedules:
+
+- `OfflineRollouts` (MOPO, ADMPO-OFF): the model is fitted before training (the CLI fits it first,
+  offrl.algos.dynamics.DynamicsFit in `<run>/dynamics/`, or takes one fitted before, `dynamics_checkpoint`, and hands
+  it over: `use_fitted_dynamics`; kept in the checkpoint); every `rollout_every` updates a round of
+  `rollout_horizon` model steps with reward r - penalty_coef * penalty.
+- `OnlineRollouts` (MBPO, ADMPO-ON): offrl.callbacks.online.OnlineInteraction fills a ReplayDataModule; every
   `dynamics_every` env steps the model is refitted on all the data so far (continuing from its weights) and a
   round of unpenalised roll-outs starts, its horizon ramped from `min_rollout_horizon` to `rollout_horizon`
   (MBPO's schedule).
@@ -16,18 +19,19 @@ transitions with transitions rolled out in a learned dynamics model. The algorit
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tensordict import TensorDict
 
 from offrl.algos.base import OfflineAlgorithm, check_td_settings
+from offrl.algos.dynamics import DynamicsFit, FitSettings, fit_dynamics
 from offrl.algos.sac import SACAgent, SACUpdates
+from offrl.data.windows import window_starts
 from offrl.dataset_info import DatasetInfo
 from offrl.envs.termination import termination_fn
 from offrl.errors import OffrlError
-from offrl.algos.dynamics import DynamicsFit, FitSettings, fit_dynamics
-from offrl.data.windows import window_starts
 from offrl.models.dynamics import DynamicsModel
 from offrl.models.rollouts import SAC_KEYS, ModelBuffer, rollout
 from offrl.nn.optim import adam
@@ -38,6 +42,76 @@ DYNAMICS_DATA_SETTINGS = {
     "dynamics_batch_size": "batch_size", "dynamics_holdout_fraction": "holdout_fraction",
     "dynamics_max_holdout": "max_holdout", "dynamics_updates_per_epoch": "steps_per_epoch",
 }
+
+
+@dataclass
+class OfflineRollouts:
+    """A penalised round of `horizon` model steps every `every` updates, from the dataset's windows."""
+
+    every: int
+    horizon: int
+    penalty_coef: float
+    online = False
+
+    def cadences(self) -> dict[str, int]:
+        return {"model.rollout_every": self.every}
+
+    def round_horizon(self, update: int, env_steps: int) -> int | None:
+        """The horizon of the round due before update `update`, or None when none is."""
+        return self.horizon if update % self.every == 0 else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class OnlineRollouts:
+    """Every `dynamics_every` env steps: refit the model on all data so far, then an unpenalised round whose horizon
+    grows from `min_horizon` to `horizon` between `ramp_start` and `ramp_end` env steps (MBPO's schedule)."""
+
+    horizon: int
+    dynamics_every: int
+    min_horizon: int
+    ramp_start: int
+    ramp_end: int
+    model_env_steps: int | None = None  # env steps when the model was last fitted
+    online = True
+    penalty_coef = None
+
+    def __post_init__(self) -> None:
+        if self.dynamics_every < 1:
+            raise OffrlError(f"model.dynamics_every must be a positive integer, got {self.dynamics_every}")
+        if not 1 <= self.min_horizon <= self.horizon:
+            raise OffrlError(f"model.min_rollout_horizon must lie in 1..rollout_horizon, got {self.min_horizon}")
+        if self.ramp_end < self.ramp_start:
+            raise OffrlError(f"model.horizon_ramp_end ({self.ramp_end}) must not precede horizon_ramp_start ({self.ramp_start})")
+
+    def cadences(self) -> dict[str, int]:
+        return {}  # roll-outs follow env steps, not updates
+
+    def round_horizon(self, update: int, env_steps: int) -> int | None:
+        if self.model_env_steps is not None and env_steps - self.model_env_steps < self.dynamics_every:
+            return None
+        span = max(self.ramp_end - self.ramp_start, 1)
+        progress = min(max((env_steps - self.ramp_start) / span, 0.0), 1.0)
+        return int(self.min_horizon + progress * (self.horizon - self.min_horizon))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model_env_steps": self.model_env_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model_env_steps = state.get("model_env_steps")
+
+
+def check_unpenalised(penalty_coef: float) -> None:
+    """Online roll-outs are unpenalised (ADMPO-ON, MBPO)."""
+    if penalty_coef:
+        raise OffrlError(
+            f"model.penalty_coef is {penalty_coef}, but online roll-outs are unpenalised (ADMPO-ON, MBPO); remove it from the config"
+        )
 
 
 class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
@@ -110,6 +184,7 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         self.save_hyperparameters()
         self.dynamics_fit()  # the model's own settings are checked by its fit
         self.model_buffer = ModelBuffer(rollout_batch_size * rollout_horizon * retain_rounds)
+        self.schedule: OfflineRollouts | OnlineRollouts = OfflineRollouts(rollout_every, rollout_horizon, penalty_coef)
         self.fitted_dynamics: dict[str, torch.Tensor] | None = None  # a fitted model's state, set before fit
 
     @property
@@ -134,6 +209,11 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         )
 
     def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
+        if self.schedule.online:
+            # The replay buffer is still empty: the model's statistics come with its data, and an env without a
+            # termination rule is refused (no data yet shows whether it terminates).
+            self.build_networks(info)
+            return
         self.build_networks(info, data_terminates=bool(transitions["next", "terminated"].any()))
         self.register_buffer("dynamics_trained", torch.tensor(False))  # a resumed run does not fit its model again
         self.dynamics.fit_normalizers(transitions["observation"], transitions["action"])
@@ -180,17 +260,14 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
     # -- the model and its roll-outs ---------------------------------------------------------------------
 
     def update_cadences(self) -> dict[str, int]:
-        return {"model.rollout_every": self.hparams.rollout_every}
+        return self.schedule.cadences()
 
     def on_fit_start(self) -> None:
-        if not bool(self.dynamics_trained):
+        if not self.schedule.online and not bool(self.dynamics_trained):  # online: the model trains as data arrives
             raise OffrlError(
                 f"{type(self).__name__} trains with a fitted dynamics model and was given none: train it with `offrl fit` "
                 "(which fits the model first) or set model.dynamics_checkpoint to a fitted model"
             )
-
-    def rollout_penalty_coef(self) -> float | None:
-        return self.hparams.penalty_coef
 
     @torch.no_grad()
     def rollout_round(self, transitions: TensorDict, starts: torch.Tensor, horizon: int) -> None:
@@ -203,7 +280,7 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         rows = rollout(
             self.dynamics, lambda obs: self.agent.act(obs, deterministic=False),
             transitions["observation"][history], transitions["action"][history],
-            transitions["observation"][first + window - 1], horizon, self.terminated_fn, self.rollout_penalty_coef(),
+            transitions["observation"][first + window - 1], horizon, self.terminated_fn, self.schedule.penalty_coef,
         )
         metrics = {"rollout/reward": rows["next", "reward"].mean()}
         if "penalty" in rows.keys():
@@ -212,9 +289,20 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         self.model_buffer.add(rows)
 
     def refresh_model_data(self) -> None:
-        """A roll-out round every rollout_every updates."""
-        if self.global_step % self.hparams.rollout_every == 0:
-            self.rollout_round(self.datamodule.transitions, self.rollout_starts, self.hparams.rollout_horizon)
+        """A roll-out round when the schedule says one is due; online, the model is refitted first."""
+        env_steps = self.datamodule.size if self.schedule.online else 0
+        horizon = self.schedule.round_horizon(self.global_step, env_steps)
+        if horizon is None:
+            return
+        if not self.schedule.online:
+            self.rollout_round(self.datamodule.transitions, self.rollout_starts, horizon)
+            return
+        stored = self.datamodule.stored()
+        self.dynamics.fit_normalizers(stored["observation"], stored["action"])
+        history = fit_dynamics(self.dynamics, stored, self.fit_settings(), progress=False)
+        self.rollout_round(stored, window_starts(stored["episode_last"], self.dynamics.max_window), horizon)
+        self.schedule.model_env_steps = env_steps
+        self.log_now({"model/holdout_mse": history[-1], "rollout/horizon": float(horizon)})
 
     # -- SAC ---------------------------------------------------------------------------------------------
 
@@ -241,93 +329,19 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
     def act(self, observation: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
         return self.agent.act(observation, deterministic=True)
 
+    def explore(self, observation: torch.Tensor) -> torch.Tensor:
+        """The behaviour policy of online interaction: a sample of the policy."""
+        return self.agent.act(observation, deterministic=False)
+
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["model_buffer"] = self.model_buffer.state_dict()
+        checkpoint.update(self.schedule.state_dict())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         if "model_buffer" in checkpoint:
             self.model_buffer.load_state_dict(checkpoint["model_buffer"], self.device)
-
-
-class OnlineModelBasedSAC(ModelBasedSAC):
-    """The online loop (see the module docstring). A mixin before an offline algorithm in the class list:
-    `class ADMPOOnline(OnlineModelBasedSAC, ADMPOOffline)` keeps the model and replaces the data schedule."""
-
-    def __init__(
-        self,
-        dynamics_every: int = 250,
-        min_rollout_horizon: int = 1,
-        horizon_ramp_start: int = 20000,
-        horizon_ramp_end: int = 100000,
-        **kwargs: Any,
-    ):
-        """
-        Args:
-            dynamics_every: env steps between two model refits (each followed by a roll-out round).
-            min_rollout_horizon: the roll-out horizon until horizon_ramp_start env steps.
-            horizon_ramp_start, horizon_ramp_end: env steps over which the horizon grows to rollout_horizon.
-            **kwargs: the offline algorithm's arguments (model, roll-outs, SAC). Online roll-outs are unpenalised
-                and rollout_every is unused.
-        """
-        if kwargs.get("penalty_coef", 0.0):
-            raise OffrlError(
-                f"model.penalty_coef is {kwargs['penalty_coef']}, but online roll-outs are unpenalised "
-                "(ADMPO-ON, MBPO); remove it from the config"
-            )
-        kwargs["penalty_coef"] = 0.0
-        super().__init__(**kwargs)
-        if dynamics_every < 1:
-            raise OffrlError(f"model.dynamics_every must be a positive integer, got {dynamics_every}")
-        if not 1 <= min_rollout_horizon <= self.hparams.rollout_horizon:
-            raise OffrlError(f"model.min_rollout_horizon must lie in 1..rollout_horizon, got {min_rollout_horizon}")
-        if horizon_ramp_end < horizon_ramp_start:
-            raise OffrlError(f"model.horizon_ramp_end ({horizon_ramp_end}) must not precede horizon_ramp_start ({horizon_ramp_start})")
-        self.model_env_steps = None  # env steps when the model was last fitted
-
-    def build(self, info: DatasetInfo, transitions: TensorDict) -> None:
-        # The replay buffer is still empty: the model's statistics come with its data, and an env without a
-        # termination rule is refused (no data yet shows whether it terminates).
-        self.build_networks(info)
-
-    def update_cadences(self) -> dict[str, int]:
-        return {}  # roll-outs follow env steps (dynamics_every), not rollout_every
-
-    def on_fit_start(self) -> None:
-        """Nothing to fit on yet: the model trains as the data arrives."""
-
-    def rollout_penalty_coef(self) -> float | None:
-        return None
-
-    def rollout_horizon_at(self, env_steps: int) -> int:
-        hp = self.hparams
-        span = max(hp.horizon_ramp_end - hp.horizon_ramp_start, 1)
-        progress = min(max((env_steps - hp.horizon_ramp_start) / span, 0.0), 1.0)
-        return int(hp.min_rollout_horizon + progress * (hp.rollout_horizon - hp.min_rollout_horizon))
-
-    def refresh_model_data(self) -> None:
-        env_steps = self.datamodule.size
-        if self.model_env_steps is not None and env_steps - self.model_env_steps < self.hparams.dynamics_every:
-            return
-        stored = self.datamodule.stored()
-        self.dynamics.fit_normalizers(stored["observation"], stored["action"])
-        history = fit_dynamics(self.dynamics, stored, self.fit_settings(), progress=False)
-        horizon = self.rollout_horizon_at(env_steps)
-        self.rollout_round(stored, window_starts(stored["episode_last"], self.dynamics.max_window), horizon)
-        self.model_env_steps = env_steps
-        self.log_now({"model/holdout_mse": history[-1], "rollout/horizon": float(horizon)})
-
-    def explore(self, observation: torch.Tensor) -> torch.Tensor:
-        """The behaviour policy of online interaction: a sample of the policy."""
-        return self.agent.act(observation, deterministic=False)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["model_env_steps"] = self.model_env_steps
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.model_env_steps = checkpoint.get("model_env_steps")
+        self.schedule.load_state_dict(checkpoint)

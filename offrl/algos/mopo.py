@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from offrl.algos.dynamics import EnsembleDynamics
-from offrl.algos.model_based_sac import ModelBasedSAC, OnlineModelBasedSAC
+from offrl.algos.model_based_sac import ModelBasedSAC, OnlineRollouts, check_unpenalised
 
 
 class MOPO(ModelBasedSAC):
@@ -37,7 +37,28 @@ class MOPO(ModelBasedSAC):
         super().__init__(**kwargs)
 
 
-class MBPO(OnlineModelBasedSAC, MOPO):
-    """MBPO: MOPO's ensemble online, unpenalised (offrl.algos.model_based_sac.OnlineModelBasedSAC)."""
+class MBPO(MOPO):
+    """MBPO: MOPO's ensemble online, unpenalised, on offrl.algos.model_based_sac.OnlineRollouts' schedule."""
 
     default_name = "mbpo"
+
+    def __init__(
+        self,
+        dynamics_every: int = 250,
+        min_rollout_horizon: int = 1,
+        horizon_ramp_start: int = 20000,
+        horizon_ramp_end: int = 100000,
+        penalty_coef: float = 0.0,
+        **kwargs: Any,
+    ):
+        """
+        Args:
+            dynamics_every: env steps between two model refits (each followed by a roll-out round).
+            min_rollout_horizon: the roll-out horizon until horizon_ramp_start env steps.
+            horizon_ramp_start, horizon_ramp_end: env steps over which the horizon grows to rollout_horizon.
+            penalty_coef: 0: online roll-outs are unpenalised.
+            **kwargs: MOPO's (model, roll-outs, SAC). Online roll-outs are unpenalised; rollout_every is unused.
+        """
+        check_unpenalised(penalty_coef)
+        super().__init__(penalty_coef=0.0, **kwargs)
+        self.schedule = OnlineRollouts(self.hparams.rollout_horizon, dynamics_every, min_rollout_horizon, horizon_ramp_start, horizon_ramp_end)

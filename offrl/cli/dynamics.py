@@ -11,7 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from offrl.algos.model_based_sac import ModelBasedSAC, OnlineModelBasedSAC
+from offrl.algos.model_based_sac import ModelBasedSAC
 from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
 from offrl.callbacks.report import UpdateProgressBar
 from offrl.callbacks.throughput import UpdateLoop
@@ -28,8 +28,9 @@ def phase_checkpoint_dir(run_dir: Path) -> Path:
 
 def needs_dynamics_fit(model) -> bool:
     """Whether `model` is an offline model-based algorithm that has no fitted dynamics model yet."""
-    fitted = model.fitted_dynamics is not None or bool(getattr(model, "dynamics_trained", False)) if isinstance(model, ModelBasedSAC) else True
-    return isinstance(model, ModelBasedSAC) and not isinstance(model, OnlineModelBasedSAC) and not fitted
+    if not isinstance(model, ModelBasedSAC) or model.schedule.online:
+        return False
+    return model.fitted_dynamics is None and not bool(getattr(model, "dynamics_trained", False))
 
 
 def window_data(model: ModelBasedSAC, datamodule: TransitionDataModule) -> AnyStepDataModule:

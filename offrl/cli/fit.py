@@ -24,7 +24,7 @@ from torch.utils.tensorboard.summary import hparams
 # short class_path among the imported subclasses.
 from offrl.algos import admpo, bc, dynamics, mopo, rsp, sac, value_policy  # noqa: F401
 from offrl.algos.base import OfflineAlgorithm
-from offrl.algos.model_based_sac import DYNAMICS_DATA_SETTINGS, ModelBasedSAC, OnlineModelBasedSAC
+from offrl.algos.model_based_sac import DYNAMICS_DATA_SETTINGS, ModelBasedSAC
 from offrl.callbacks.evaluation import EvaluationCallback
 from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
 from offrl.callbacks.report import RunReport, UpdateProgressBar
@@ -333,7 +333,7 @@ class OffrlCLI(LightningCLI):
         algorithm, dataset and dynamics settings, given to the module so that it does not fit one. (A resumed run
         has its model in its own checkpoint.)"""
         model, dataset_id = self.model, self.datamodule.dataset_id
-        if isinstance(model, OnlineModelBasedSAC):
+        if model.schedule.online:
             raise OffrlError(
                 f"model.dynamics_checkpoint serves offline runs (MOPO, ADMPO-OFF), but {type(model).__name__} fits its model "
                 "on the data it collects; remove the setting"
