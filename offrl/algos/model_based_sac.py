@@ -162,7 +162,7 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
             dynamics_updates_per_epoch: updates per epoch (None: N_train / dynamics_batch_size * max_window).
             hidden_dims, discount, tau, init_alpha, learn_alpha, target_entropy: the SAC agent.
             actor_lr, critic_lr, alpha_lr: Adam learning rates; the actor's decays by a cosine over
-                actor_cosine_steps updates (None: trainer.max_steps).
+                actor_cosine_steps updates (None: constant, as in ValuePolicy).
             model_rows: model transitions per SAC update; the datamodule's batch_size gives the real ones.
             rollout_every: updates between roll-out rounds.
             rollout_batch_size: roll-outs started per round.
@@ -180,6 +180,8 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
                 raise OffrlError(f"model.{name_} must be a positive integer, got {value}")
         if model_rows < 0:
             raise OffrlError(f"model.model_rows must be >= 0, got {model_rows}")
+        if actor_cosine_steps is not None and actor_cosine_steps < 1:
+            raise OffrlError(f"model.actor_cosine_steps must be a positive integer or null (a constant rate), got {actor_cosine_steps}")
         check_td_settings(discount, tau)
         self.save_hyperparameters()
         self.dynamics_fit()  # the model's own settings are checked by its fit
@@ -252,10 +254,9 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         if groups["alpha"]:
             optimizers.append(adam(groups["alpha"], lr=hp.alpha_lr))
         actor = adam(groups["actor"], lr=hp.actor_lr)
-        steps = hp.actor_cosine_steps or self.trainer.max_steps
-        if steps is None or steps < 1:
-            raise OffrlError("set trainer.max_steps or model.actor_cosine_steps: the actor's cosine schedule needs a length")
-        return [*optimizers, actor], [torch.optim.lr_scheduler.CosineAnnealingLR(actor, steps)]
+        if hp.actor_cosine_steps is None:
+            return [*optimizers, actor]
+        return [*optimizers, actor], [torch.optim.lr_scheduler.CosineAnnealingLR(actor, hp.actor_cosine_steps)]
 
     # -- the model and its roll-outs ---------------------------------------------------------------------
 
