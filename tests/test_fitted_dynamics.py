@@ -172,6 +172,29 @@ def test_a_run_killed_during_the_model_fit_resumes_from_its_last_epoch(datasets,
     assert logged(run) == logged(unbroken)
 
 
+def test_a_run_killed_after_its_model_fit_and_before_a_sac_checkpoint_resumes_without_fitting_again(datasets, in_tmp_dir, monkeypatch, capsys):
+    from offrl.algos.model_based_sac import ModelBasedSAC
+
+    config = str(write_config(in_tmp_dir / "c.yaml", "mopo", DATASET))
+    killed = in_tmp_dir / "killed"
+
+    def copy_at_sac_start(self) -> None:  # the fit has ended and saved; SAC has saved nothing yet
+        if not killed.exists():
+            shutil.copytree(Path("logs"), killed / "logs")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelBasedSAC, "on_train_start", copy_at_sac_start, raising=False)
+        assert run_in(in_tmp_dir / "unbroken", monkeypatch, "--config", config) == 0
+    (unbroken,) = run_dirs(in_tmp_dir / "unbroken")
+    (run,) = run_dirs(killed)
+    assert not (run / "checkpoints").exists() and read_fit(fitted_checkpoint(run))["finished"]
+    capsys.readouterr()
+    assert run_in(killed, monkeypatch, "--config", config, "--ckpt_path", "last") == 0
+    assert model_curves(run) == model_curves(unbroken)  # no model epoch past the fit's end
+    assert_same_training_state(final_state(unbroken), final_state(run))
+    assert "had ended; SAC starts on its model" in capsys.readouterr().err
+
+
 def test_a_model_fitted_alone_from_its_shipped_config_serves_a_run_and_is_checked(datasets, in_tmp_dir, capsys):
     """`offrl fit --config configs/dynamics/adm-hopper-medium.yaml` (shrunk) fits ADM alone: curves against model
     updates, last.ckpt and best.ckpt, and a checkpoint that the matching ADMPO-OFF run takes as its model."""

@@ -15,7 +15,7 @@ from offrl.algos.model_based_sac import ModelBasedSAC
 from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
 from offrl.callbacks.report import UpdateProgressBar
 from offrl.callbacks.throughput import UpdateLoop
-from offrl.checkpoints import AtomicCheckpointIO
+from offrl.checkpoints import AtomicCheckpointIO, read_checkpoint
 from offrl.data.datamodules import AnyStepDataModule, TransitionDataModule
 from offrl.errors import OffrlError
 
@@ -56,8 +56,14 @@ def fit_dynamics_phase(
     """Fit `model`'s dynamics model on `datamodule`'s dataset (resuming `ckpt_path` when given), in run_dir/dynamics/,
     and hand it to `model`; returns the checkpoint that holds the fitted model (`model.dynamics_checkpoint` of later
     runs may name it)."""
-    fit, _ = model.dynamics_fit()
     checkpoints = phase_checkpoint_dir(run_dir)
+    if ckpt_path is not None:
+        saved = read_checkpoint(ckpt_path, map_location="cpu").get("dynamics_fit") or {}
+        if saved.get("finished") and saved.get("fitted_dynamics"):  # stopped after the fit ended, before SAC's first checkpoint
+            model.use_fitted_dynamics(saved["fitted_dynamics"])
+            print(f"offrl: the dynamics fit in {run_dir / PHASE_FOLDER} had ended; SAC starts on its model", file=sys.stderr)
+            return Path(ckpt_path)
+    fit, _ = model.dynamics_fit()
     checkpoint = ModelCheckpoint(
         dirpath=checkpoints, filename="best", monitor="dynamics/best_holdout_mse", save_top_k=1, save_last=True,
         every_n_epochs=1, enable_version_counter=False,
