@@ -135,7 +135,7 @@ class DynamicsFit(OfflineAlgorithm):
         self.epochs_since_best = 0
         self.epochs = 0
         self.finished = False
-        self._holdout_sums: list[torch.Tensor] = []
+        self._holdout_errors_by_k: list[torch.Tensor] = []
 
     @property
     def algorithm_name(self) -> str:
@@ -183,20 +183,20 @@ class DynamicsFit(OfflineAlgorithm):
     # -- hold-out evaluation and early stopping ---------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
-        self._holdout_sums = []
+        self._holdout_errors_by_k = []
 
     def validation_step(self, batch: TensorDict, batch_idx: int) -> None:
-        self._holdout_sums.append(window_errors(self.model, batch["observation"], batch["window_actions"], batch["target"]))
+        self._holdout_errors_by_k.append(window_errors(self.model, batch["observation"], batch["window_actions"], batch["target"]))
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or len(self._holdout_sums) != self.model.max_window:
+        if self.trainer.sanity_checking or len(self._holdout_errors_by_k) != self.model.max_window:
             return
-        errors = torch.stack(self._holdout_sums).mean(0)
-        best = self.best_errors if self.best_errors is not None else torch.full_like(errors, float("inf"))
-        improved = improved_members(errors, best.to(errors.device), self.hparams.dynamics_improvement)
+        errors = torch.stack(self._holdout_errors_by_k).mean(0)
+        best = self.best_errors.to(errors.device) if self.best_errors is not None else torch.full_like(errors, float("inf"))
+        improved = improved_members(errors, best, self.hparams.dynamics_improvement)
         self.epochs += 1
         if improved.any():
-            self.best_errors = torch.where(improved, errors, best.to(errors.device))
+            self.best_errors = torch.where(improved, errors, best)
             best_state = self.fitted_dynamics if self.fitted_dynamics is not None else copy.deepcopy(self.model.state_dict())
             keep_best(self.model, best_state, improved)
             fitted = copy.deepcopy(self.model)

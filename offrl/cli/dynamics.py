@@ -33,9 +33,8 @@ def needs_dynamics_fit(model) -> bool:
     return model.fitted_dynamics is None and not bool(getattr(model, "dynamics_trained", False))
 
 
-def window_data(model: ModelBasedSAC, datamodule: TransitionDataModule) -> AnyStepDataModule:
-    """The AnyStepDataModule of `model`'s dynamics fit, on the run's dataset with the run's data seed."""
-    _, settings = model.dynamics_fit()
+def window_data(datamodule: TransitionDataModule, settings: dict) -> AnyStepDataModule:
+    """The AnyStepDataModule of a dynamics fit (its `settings`), on the run's dataset with the run's data seed."""
     hp = datamodule.hparams
     return AnyStepDataModule(
         datamodule.dataset_id, seed=datamodule.seed, env_id=datamodule.env_id,
@@ -63,7 +62,7 @@ def fit_dynamics_phase(
             model.use_fitted_dynamics(saved["fitted_dynamics"])
             print(f"offrl: the dynamics fit in {run_dir / PHASE_FOLDER} had ended; SAC starts on its model", file=sys.stderr)
             return Path(ckpt_path)
-    fit, _ = model.dynamics_fit()
+    fit, settings = model.dynamics_fit()
     checkpoint = ModelCheckpoint(
         dirpath=checkpoints, filename="best", monitor="dynamics/best_holdout_mse", save_top_k=1, save_last=True,
         every_n_epochs=1, enable_version_counter=False,
@@ -81,7 +80,7 @@ def fit_dynamics_phase(
     if trainer.is_global_zero:
         doing = f"resuming the dynamics fit from {ckpt_path}" if ckpt_path else f"fitting the dynamics model first, in {run_dir / PHASE_FOLDER}"
         print(f"offrl: {doing}", file=sys.stderr)
-    trainer.fit(fit, window_data(model, datamodule), ckpt_path=ckpt_path)
+    trainer.fit(fit, window_data(datamodule, settings), ckpt_path=ckpt_path)
     if not fit.finished:
         raise OffrlError(f"the dynamics fit in {run_dir / PHASE_FOLDER} stopped before its early stopping ended it; continue it with --ckpt_path last")
     model.use_fitted_dynamics({name: tensor.cpu() for name, tensor in fit.fitted_dynamics.items()})

@@ -277,11 +277,12 @@ class OffrlCLI(LightningCLI):
             given = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]
             files = [Path(str(file)) for file in config.get("config") or []]
             run_dir = run_of_config(Path(LOG_ROOT) / run_name, given, files)
-            in_dynamics_phase = not any((run_dir / "checkpoints").glob("*.ckpt"))
+            # A fit stopped while fitting its dynamics model continues that fit; test and validate need SAC's.
+            in_dynamics_phase = self.subcommand == "fit" and not any((run_dir / "checkpoints").glob("*.ckpt"))
             path, skipped = newest_readable(phase_checkpoint_dir(run_dir) if in_dynamics_phase else run_dir / "checkpoints")
             for line in skipped:
                 print(f"offrl: {line}; resuming from {path} instead", file=sys.stderr)
-            if in_dynamics_phase and self.subcommand == "fit":
+            if in_dynamics_phase:
                 # Stopped while fitting its dynamics model: that fit goes on (before_fit), then SAC starts afresh.
                 self.dynamics_resume, ckpt_path = path, None
             else:
