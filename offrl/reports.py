@@ -1,17 +1,26 @@
 """Results a person can look at, read from a run's TensorBoard event files (tensorboard's own reader): the run's
-learning curves as a PNG, and `offrl report`'s Markdown table and PNG per group of runs (one config across seeds).
+learning curves as a PNG, and `offrl report`'s tables (Markdown and CSV) and plots of many runs: per algorithm x
+dataset across seeds, and aggregated across datasets with rliable's statistics.
 
 A run folder is a logger version folder (`logs/<algorithm>/<dataset>/version_N`) holding event files and the
 config.yaml the CLI saved."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import itertools
 import math
+import re
 import statistics
+import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import yaml
 
 from offrl.errors import OffrlError
@@ -104,16 +113,52 @@ def run_dirs(paths: list[Path]) -> list[Path]:
     return sorted(found)
 
 
-def group_name(run_dir: Path) -> str:
-    """Runs of one config across seeds share a group: the config without seed_everything and ckpt_path."""
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"model": {"init_args": {"lr": 1}}} -> {"model.init_args.lr": 1}."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# Settings that say which seed (global or the sampler's) or which start a run is, or where it lives (a study's
+# trial folder), not what it is.
+NOT_THE_CONFIG = ("seed_everything", "data.init_args.seed", "ckpt_path", "trainer.default_root_dir")
+
+
+@dataclass
+class Run:
+    """A run folder read for a report: what it is (algorithm, dataset, settings) and its curves."""
+
+    path: Path
+    algorithm: str
+    dataset: str
+    seed: Any
+    settings: dict[str, Any]
+    scalars: dict[str, Curve]
+
+    @property
+    def config_id(self) -> str:
+        return stable_hash(yaml.safe_dump(self.settings, sort_keys=True))
+
+
+def read_run(run_dir: Path, notes: list[str]) -> Run:
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     if not isinstance(config, dict):
         raise ValueError("it holds no mapping of settings")
-    for key in ("seed_everything", "ckpt_path"):
-        config.pop(key, None)
-    model = (config.get("model") or {}).get("class_path", "?").rsplit(".", 1)[-1]
-    data = ((config.get("data") or {}).get("init_args") or {}).get("dataset_id", "?")
-    return f"{model} {data} #{stable_hash(yaml.safe_dump(config, sort_keys=True))}"
+    flat = flatten(config)
+    seed = flat.get("seed_everything")
+    settings = {key: value for key, value in flat.items() if key not in NOT_THE_CONFIG}
+    dataset = str(settings.get("data.init_args.dataset_id", "?"))
+    # The CLI names run folders <algorithm>/<dataset>/version_N with the algorithm's short name (iql_awr, td3bc, ...).
+    if run_dir.name.startswith("version_") and len(run_dir.parts) >= 3:
+        algorithm = run_dir.parent.parent.name
+    else:
+        algorithm = str(settings.get("model.class_path", "?")).rsplit(".", 1)[-1]
+    return Run(run_dir, algorithm, dataset, seed, settings, read_scalars(run_dir, notes))
 
 
 def yaml_problem(err: yaml.MarkedYAMLError) -> str:
@@ -126,61 +171,323 @@ def stable_hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3g}"
-    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+def short_dataset(dataset_id: str) -> str:
+    """'offrl/mujoco/hopper/medium-v0' -> 'hopper/medium-v0': the column name, without the namespace."""
+    parts = dataset_id.split("/")
+    return "/".join(parts[2:] if len(parts) > 3 and parts[1] in ("mujoco", "adroit") else parts[1:] if len(parts) > 1 else parts)
 
 
-def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None) -> str:
-    """A Markdown table of the last and best evaluation score per group of runs (mean ± std over its runs, n) and
-    one PNG per group in `out_dir`; returns the Markdown (also written to out_dir/report.md). A run folder whose
-    config cannot be read is left out, and so is the cut-off end of an event file: one line each in `notes`."""
+@dataclass
+class Group:
+    """One config's runs on one dataset (its seeds), under the name its row has in the tables."""
+
+    label: str
+    dataset: str
+    runs: list[Run]
+    metric: str | None = None
+
+    def last(self) -> np.ndarray:
+        return np.array([run.scalars[self.metric][-1][1] for run in self.runs])
+
+    def best(self) -> np.ndarray:
+        return np.array([max(value for _, value in run.scalars[self.metric]) for run in self.runs])
+
+    def last_updates(self) -> list[int]:
+        return sorted({run.scalars[self.metric][-1][0] for run in self.runs})
+
+
+def label_groups(runs: list[Run]) -> list[Group]:
+    """Runs of one config (all settings but the seed) on one dataset form a group, named by the algorithm's short name;
+    where an algorithm has several configs on a dataset, its names add the settings that tell them apart."""
+    by_config: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        by_config[run.algorithm, run.dataset, run.config_id].append(run)
+    telling: dict[str, set[str]] = defaultdict(set)  # algorithm -> the settings that differ between its configs
+    by_place: dict[tuple[str, str], list[list[Run]]] = defaultdict(list)
+    for (algorithm, dataset, _), members in by_config.items():
+        by_place[algorithm, dataset].append(members)
+    for (algorithm, _), configs in by_place.items():
+        keys = set().union(*(config[0].settings for config in configs))
+        telling[algorithm] |= {key for key in keys if len({repr(config[0].settings.get(key)) for config in configs}) > 1}
+    groups = []
+    for (algorithm, dataset, config_id), members in sorted(by_config.items()):
+        keys = sorted(telling[algorithm])
+        shorts = [key.rsplit(".", 1)[-1] for key in keys]
+        names = [short if shorts.count(short) == 1 else key for key, short in zip(keys, shorts)]
+        parts = [f"{name}={members[0].settings.get(key)}" for key, name in zip(keys, names)]
+        label = f"{algorithm} ({', '.join(parts)})" if parts else algorithm
+        if len(label) > 60:
+            label = f"{algorithm} #{config_id}"
+        groups.append(Group(label, dataset, sorted(members, key=lambda run: str(run.path))))
+    return groups
+
+
+def interval_estimates(scores: dict[str, Any], func, reps: int, seed: int) -> tuple[dict, dict]:
+    """rliable's point estimates and 95 % stratified-bootstrap percentile intervals (seeded)."""
+    from rliable import library
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # arch's note that it prefers a Generator to a RandomState
+        return library.get_interval_estimates(scores, func, reps=reps, random_state=np.random.RandomState(seed))
+
+
+def iqm_and_mean(scores: np.ndarray) -> np.ndarray:
+    from rliable import metrics
+
+    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)])
+
+
+# The score a normalised metric calls optimal: optimality gap = mean shortfall below it (Agarwal et al. 2021).
+OPTIMAL = {"eval/normalized_score": 100.0, "eval/success": 1.0}
+
+
+def aggregates(scores: np.ndarray, metric: str) -> np.ndarray:
+    from rliable import metrics
+
+    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores), metrics.aggregate_median(scores),
+                     metrics.aggregate_optimality_gap(scores, OPTIMAL[metric])])
+
+
+def number(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def estimate(point: float, interval: np.ndarray, n: int) -> str:
+    return f"{number(point)} (n=1)" if n == 1 else f"{number(point)} [{number(interval[0])}, {number(interval[1])}]"
+
+
+def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None, pairs: list[tuple[str, str]] | None = None,
+           reps: int = 2000, seed: int = 0) -> str:
+    """The study's tables (report.md, with runs.csv and scores.csv beside it) and plots in `out_dir`; returns the
+    Markdown. Per algorithm x dataset: IQM and mean of the final score over seeds with 95 % stratified bootstrap
+    intervals; across datasets: IQM, mean, median and optimality gap; each run's best evaluation apart, labelled
+    as the optimistic figure it is. A run folder whose config cannot be read is left out, and so is the cut-off end
+    of an event file: one line each in `notes`."""
     notes = [] if notes is None else notes
-    groups: dict[str, list[tuple[Path, dict[str, Curve]]]] = defaultdict(list)
     found = run_dirs(paths)
+    runs = []
     for run_dir in found:
         try:
-            name = group_name(run_dir)
+            runs.append(read_run(run_dir, notes))
         except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, AttributeError) as err:
             why = yaml_problem(err) if isinstance(err, yaml.MarkedYAMLError) else " ".join(str(err).split()) or type(err).__name__
             notes.append(f"skipped {run_dir}: its config.yaml cannot be read ({why}); fix or remove that file to report it")
-            continue
-        groups[name].append((run_dir, read_scalars(run_dir, notes)))
-    if not groups:
+    if not runs:
         raise OffrlError(f"no run folder under {', '.join(map(str, paths))} has a readable config.yaml ({len(found)} skipped)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["| group | metric | last | best | update of last | n | runs | plot |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, runs in sorted(groups.items()):
-        metric = next((m for m in SCORE_METRICS if all(scalars.get(m) for _, scalars in runs)), None)
-        if metric is None:
-            lines.append(f"| {name} | (no evaluation) | | | | {len(runs)} | {', '.join(str(r) for r, _ in runs)} | |")
-            continue
-        last = [scalars[metric][-1][1] for _, scalars in runs]
-        best = [max(value for _, value in scalars[metric]) for _, scalars in runs]
-        last_update = sorted({scalars[metric][-1][0] for _, scalars in runs})
-        png = plot_group(name, metric, runs, out_dir / f"{name.replace(' ', '_').replace('/', '-').replace('#', '')}.png")
-        lines.append(
-            f"| {name} | {metric} | {mean_std(last)} | {mean_std(best)} | {', '.join(map(str, last_update))} | {len(runs)} | "
-            f"{', '.join(str(r) for r, _ in runs)} | {png.name} |"
-        )
-    markdown = "\n".join(lines) + "\n"
-    (out_dir / "report.md").write_text(markdown)
+    groups = label_groups(runs)
+    scored = []
+    for group in groups:
+        group.metric = next((m for m in SCORE_METRICS if all(run.scalars.get(m) for run in group.runs)), None)
+        if group.metric is None:
+            notes.append(f"{group.label} on {group.dataset} has no evaluation in every run ({len(group.runs)} runs); left out of the tables")
+        else:
+            scored.append(group)
+            if len(group.last_updates()) > 1:
+                notes.append(f"{group.label} on {group.dataset}: its runs' last evaluations are at different updates "
+                             f"({', '.join(map(str, group.last_updates()))}); an unfinished run's last score is not its final one")
+    lines = [f"# offrl report: {', '.join(map(str, paths))}", ""]
+    lines += [f"{len(runs)} runs in {len(groups)} groups (one config on one dataset, over seeds). Final score: each run's last "
+              f"evaluation. Intervals: 95 % stratified bootstrap, percentile ({reps} resamples, seed {seed}; rliable, "
+              "Agarwal et al. 2021). The IQM of fewer than 4 runs is their mean.", ""]
+    datasets = sorted({group.dataset for group in scored})
+    labels = sorted({group.label for group in scored})
+    unknown = sorted({name for pair in pairs or [] for name in pair} - set(labels))
+    if unknown:
+        raise OffrlError(f"--compare names {', '.join(map(repr, unknown))}, which no scored group is called; the names are {', '.join(map(repr, labels))}")
+    cells: dict[tuple[str, str], Group] = {(group.label, group.dataset): group for group in scored}
+    estimates = {}
+    for dataset in datasets:
+        here = {group.label: group.last()[:, None] for group in scored if group.dataset == dataset}
+        points, intervals = interval_estimates(here, iqm_and_mean, reps, seed)
+        estimates |= {(label, dataset): (points[label], intervals[label]) for label in here}
+    metrics_used = sorted({group.metric for group in scored}, key=SCORE_METRICS.index)
+    lines += [f"Score: {', '.join(f'{short_dataset(d)}: {metric_of(cells, d)}' for d in datasets)}.", ""]
+    for title, column in (("IQM", 0), ("mean", 1)):
+        lines += [f"## Final score: {title} [95 % CI]", "", table_head(["algorithm", *map(short_dataset, datasets)])]
+        for label in labels:
+            row = [label]
+            for dataset in datasets:
+                group = cells.get((label, dataset))
+                if group is None:
+                    row.append("")
+                    continue
+                point, interval = estimates[label, dataset]
+                row.append(f"{estimate(point[column], interval[:, column], len(group.runs))} (n={len(group.runs)})"
+                           if len(group.runs) > 1 else estimate(point[column], interval[:, column], 1))
+            lines.append(table_row(row))
+        lines.append("")
+    lines += ["## Best evaluation, mean over runs", "",
+              "Each run's highest evaluation, averaged: optimistic, since it picks the update after seeing the scores "
+              "(the final score above does not).", "", table_head(["algorithm", *map(short_dataset, datasets)])]
+    for label in labels:
+        lines.append(table_row([label, *(number(cells[label, d].best().mean()) if (label, d) in cells else "" for d in datasets)]))
+    lines.append("")
+    plots = []
+    for metric in metrics_used:
+        lines += aggregate_section(scored, metric, out_dir, reps, seed, pairs, notes, plots)
+    lines += ["## Groups", "", table_head(["algorithm", "dataset", "metric", "runs", "update of last", "config", "curves"])]
+    csv_scores = []
+    for group in groups:
+        png = plot_group(group, out_dir / f"{file_name(group.label)}-{file_name(short_dataset(group.dataset))}.png") if group.metric else None
+        lines.append(table_row([group.label, group.dataset, group.metric or "(no evaluation)",
+                                ", ".join(str(run.path) for run in group.runs),
+                                ", ".join(map(str, group.last_updates())) if group.metric else "",
+                                f"#{group.runs[0].config_id}", png.name if png else ""]))
+        if group.metric:
+            point, interval = estimates[group.label, group.dataset]
+            csv_scores.append({"algorithm": group.label, "dataset": group.dataset, "metric": group.metric, "n": len(group.runs),
+                               "iqm": point[0], "iqm_low": interval[0, 0], "iqm_high": interval[1, 0], "mean": point[1],
+                               "mean_low": interval[0, 1], "mean_high": interval[1, 1], "best_mean": group.best().mean(),
+                               "config": group.runs[0].config_id})
+    lines += ["", f"Plots: {', '.join(plots)}; one PNG of curves per group." if plots else "One PNG of curves per group.", ""]
+    write_csv(out_dir / "scores.csv", csv_scores)
+    write_csv(out_dir / "runs.csv", [
+        {"algorithm": group.label, "dataset": group.dataset, "seed": run.seed, "metric": group.metric,
+         "last": run.scalars[group.metric][-1][1], "last_update": run.scalars[group.metric][-1][0],
+         "best": max(value for _, value in run.scalars[group.metric]),
+         "best_update": max(run.scalars[group.metric], key=lambda point: point[1])[0], "run": str(run.path)}
+        for group in scored for run in group.runs])
+    markdown = "\n".join(lines)
+    write_text(out_dir / "report.md", markdown)
     return markdown
 
 
-def plot_group(name: str, metric: str, runs: list[tuple[Path, dict[str, Curve]]], path: Path) -> Path:
+def metric_of(cells: dict[tuple[str, str], Group], dataset: str) -> str:
+    return "/".join(sorted({group.metric for (_, d), group in cells.items() if d == dataset}))
+
+
+def aggregate_section(scored: list[Group], metric: str, out_dir: Path, reps: int, seed: int, pairs, notes: list[str], plots: list[str]) -> list[str]:
+    """Across the datasets scored by `metric`: aggregate estimates, a performance profile and probabilities of
+    improvement, for the algorithms that have every one of those datasets with one number of runs on each."""
+    if metric not in OPTIMAL:
+        notes.append(f"no aggregate over datasets of {metric}: raw returns of different tasks are not on one scale")
+        return []
+    here = [group for group in scored if group.metric == metric]
+    datasets = sorted({group.dataset for group in here})
+    matrices = {}
+    for label in sorted({group.label for group in here}):
+        mine = {group.dataset: group for group in here if group.label == label}
+        counts = {len(group.runs) for group in mine.values()}
+        if set(mine) != set(datasets) or len(counts) != 1:
+            why = "it lacks " + ", ".join(sorted(set(datasets) - set(mine))) if set(mine) != set(datasets) else \
+                f"its datasets have different numbers of runs ({', '.join(str(len(mine[d].runs)) for d in datasets)})"
+            notes.append(f"{label} is left out of the aggregate over {metric}: {why}")
+            continue
+        matrices[label] = np.stack([mine[d].last() for d in datasets], axis=1)  # runs x datasets
+    if not matrices:
+        return []
+    points, intervals = interval_estimates(matrices, lambda scores: aggregates(scores, metric), reps, seed)
+    suffix = "" if metric == "eval/normalized_score" else f"-{metric.split('/')[1]}"
+    lines = [f"## Aggregate over {len(datasets)} dataset(s): {metric}, final score [95 % CI]", "",
+             f"Optimality gap: mean shortfall below {OPTIMAL[metric]:g} (lower is better).", "",
+             table_head(["algorithm", "runs per dataset", "IQM", "mean", "median", "optimality gap"])]
+    for label, matrix in matrices.items():
+        lines.append(table_row([label, str(matrix.shape[0]), *(estimate(points[label][i], intervals[label][:, i], matrix.shape[0]) for i in range(4))]))
+    lines.append("")
+    plots.append(plot_aggregates(points, intervals, metric, out_dir / f"aggregate{suffix}.png"))
+    plots.append(plot_profiles(matrices, metric, reps, seed, out_dir / f"performance_profile{suffix}.png"))
+    chosen = pairs if pairs is not None else list(itertools.combinations(matrices, 2)) if len(matrices) <= 5 else []
+    if pairs is None and len(matrices) > 5:
+        notes.append(f"{len(matrices)} algorithms: no probability-of-improvement plot unless pairs are chosen (--compare X Y)")
+    for pair in [pair for pair in chosen if not set(pair) <= set(matrices)]:
+        notes.append(f"no P({pair[0]} > {pair[1]}) over {metric}: the aggregate over it has only {', '.join(matrices)}")
+    chosen = [pair for pair in chosen if set(pair) <= set(matrices)]
+    if chosen:
+        lines += probability_section(matrices, chosen, metric, reps, seed, out_dir / f"probability_of_improvement{suffix}.png", plots)
+    return lines
+
+
+def probability_section(matrices: dict[str, np.ndarray], pairs: list[tuple[str, str]], metric: str, reps: int, seed: int,
+                        path: Path, plots: list[str]) -> list[str]:
+    from rliable import metrics, plot_utils
+
+    scores = {f"{x}\t{y}": (matrices[x], matrices[y]) for x, y in pairs}  # a tab: names may hold commas
+    points, intervals = interval_estimates(scores, metrics.probability_of_improvement, reps, seed)
+    lines = [f"Probability of improvement, P(X > Y) over {metric} [95 % CI]:", "", table_head(["X", "Y", "P(X > Y)"])]
+    lines += [table_row([x, y, estimate(float(np.ravel(points[f"{x}\t{y}"])[0]), np.ravel(intervals[f"{x}\t{y}"]), 2)]) for x, y in pairs]
+    plt = pyplot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ax = plot_utils.plot_probability_of_improvement(points, intervals, pair_separator="\t", figsize=(5, 0.6 + 0.5 * len(pairs)),
+                                                        xticks=[0.0, 0.25, 0.5, 0.75, 1.0])
+    plots.append(save(ax.get_figure(), path).name)
+    plt.close("all")
+    return lines + [""]
+
+
+def plot_aggregates(points: dict, intervals: dict, metric: str, path: Path) -> str:
+    from rliable import plot_utils
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        figure, _ = plot_utils.plot_interval_estimates(
+            points, intervals, metric_names=["IQM", "Mean", "Median", "Optimality Gap"], algorithms=list(points),
+            xlabel=metric, subfigure_width=3.4, row_height=0.5, xlabel_y_coordinate=-0.1 - 0.8 / len(points))
+    return save(figure, path).name
+
+
+def plot_profiles(matrices: dict[str, np.ndarray], metric: str, reps: int, seed: int, path: Path) -> str:
+    """Fraction of runs scoring above tau, with 95 % bootstrap bands (rliable's performance profile)."""
+    from rliable import library, plot_utils
+
+    every = np.concatenate([matrix.ravel() for matrix in matrices.values()])
+    taus = np.linspace(min(every.min(), 0.0), max(every.max(), OPTIMAL[metric]), 101)
+    np.random.seed(seed)  # rliable's profile bootstrap draws from numpy's global stream
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        profiles, bands = library.create_performance_profile(matrices, taus, reps=min(reps, 2000))
+    plt = pyplot()
+    figure, ax = plt.subplots(figsize=(6, 3.6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=bands, ax=ax, xlabel=f"{metric} (τ)",
+                                             ylabel="fraction of runs above τ", legend=True)
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    return save(figure, path).name
+
+
+def table_head(columns: list[str]) -> str:
+    return table_row(columns) + "\n" + table_row(["---"] * len(columns))
+
+
+def table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |"
+
+
+def file_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:100]
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def plot_group(group: Group, path: Path) -> Path:
     """Each run's curve, and their mean over the updates all runs evaluated."""
     plt = pyplot()
     figure, ax = plt.subplots(figsize=(6, 3.6))
-    for run_dir, scalars in runs:
-        steps, values = zip(*scalars[metric])
-        ax.plot(steps, values, alpha=0.45, linewidth=1, label=run_dir.name)
-    shared = sorted(set.intersection(*(set(step for step, _ in scalars[metric]) for _, scalars in runs)))
-    if len(runs) > 1 and shared:
-        by_step = [dict(scalars[metric]) for _, scalars in runs]
+    metric = group.metric
+    for run in group.runs:
+        steps, values = zip(*run.scalars[metric])
+        ax.plot(steps, values, alpha=0.45, linewidth=1, label=f"seed {run.seed}")
+    shared = sorted(set.intersection(*(set(step for step, _ in run.scalars[metric]) for run in group.runs)))
+    if len(group.runs) > 1 and shared:
+        by_step = [dict(run.scalars[metric]) for run in group.runs]
         ax.plot(shared, [statistics.mean(points[step] for points in by_step) for step in shared], color="black", linewidth=2, label="mean")
-    ax.set_title(name, fontsize=10)
+    ax.set_title(f"{group.label} on {group.dataset}", fontsize=10)
     ax.set_xlabel("update")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
@@ -201,7 +508,7 @@ def pyplot():
 def save(figure, path: Path) -> Path:
     """Written to a temporary name, then renamed: a kill mid-write leaves no half PNG."""
     temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, dpi=110, format="png")
+    figure.savefig(temporary, dpi=110, format="png", bbox_inches="tight")  # rliable draws labels outside the axes
     pyplot().close(figure)
     temporary.replace(path)
     return path

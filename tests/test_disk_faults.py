@@ -244,8 +244,8 @@ def test_report_skips_a_broken_config_and_names_a_cut_off_event_file(dataset, in
         f"offrl: {rel(events)} is cut off (its run was killed or its disk was full mid-write); its {points} points before the "
         "cut are reported",
     ]
-    (row,) = Path("report/report.md").read_text().splitlines()[2:]
-    assert f"{rel(run)}, {rel(cut)}" in row and " | 2 | " in row
+    (row,) = [line for line in Path("report/report.md").read_text().splitlines() if f"| {rel(run)}" in line]
+    assert f"| {rel(run)}, {rel(cut)} |" in row  # the broken config's run is not in its group
 
 
 def test_a_run_stopped_during_its_final_evaluation_gets_its_end_files_from_the_resume(dataset, in_tmp_dir, capsys):

@@ -4,15 +4,17 @@ updates, config mistakes in one line with a close match, and `offrl data list` w
 
 from __future__ import annotations
 
+import csv
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.stats
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -56,26 +58,47 @@ def scores(path: Path) -> list[float]:
     return [event.value for event in events.Scalars("eval/normalized_score")]
 
 
-def test_offrl_report_tables_the_event_files_by_config_across_seeds(runs, capsys):
-    assert offrl("report", "logs", "--out", "report") == 0
+def cell(table: str, title: str, row: str) -> str:
+    """The one data cell of `row` in the Markdown table under `## title` (a report of one dataset)."""
+    section = table.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    (line,) = [line for line in section.splitlines() if line.startswith(f"| {row} |")]
+    return line.split(" | ")[1].rstrip(" |")
+
+
+def test_offrl_report_tables_iqm_and_intervals_computed_from_the_event_files(runs, capsys):
+    assert offrl("report", "logs", "--out", "report", "--reps", "300", "--seed", "3") == 0
     table = Path("report/report.md").read_text()
     assert table in capsys.readouterr().out
-    rows = [line.split(" | ") for line in table.splitlines()[2:]]
-    assert len(rows) == 2 and sorted(int(row[5]) for row in rows) == [1, 2]
-    for row in rows:
-        versions = sorted(int(v) for v in re.findall(r"version_(\d+)", row[6]))
-        expected = [scores(run_dir(v)) for v in versions]
-        assert row[1] == "eval/normalized_score" and row[4] == "40"  # two evaluations of 20 updates: the last after 40
-        for column, pick in ((2, lambda s: s[-1]), (3, max)):
-            values = [pick(s) for s in expected]
-            if len(values) == 1:
-                assert float(row[column]) == pytest.approx(values[0], rel=1e-2)
-            else:
-                mean, std = (float(x) for x in row[column].split(" ± "))
-                assert mean == pytest.approx(statistics.mean(values), rel=1e-2) and std == pytest.approx(statistics.stdev(values), rel=0.05)
-        assert (Path("report") / row[7].strip(" |")).read_bytes().startswith(PNG)
-    # Seeds 0 and 1 of the 16-wide config (versions 0 and 1) are one group; the 32-wide run is its own.
-    assert any(re.findall(r"version_(\d+)", row[6]) == ["0", "1"] for row in rows)
+    # Seeds 0 and 1 of the 16-wide config (versions 0 and 1) are one group, named by the setting that tells it
+    # from the 32-wide run (version 2), which is its own.
+    narrow, wide = "bc (hidden_dims=[16, 16])", "bc (hidden_dims=[32, 32])"
+    last = {v: scores(run_dir(v))[-1] for v in range(3)}
+    best = {v: max(scores(run_dir(v))) for v in range(3)}
+    # Direct computation: rliable's estimates on the last evaluations read with tensorboard's own reader.
+    from rliable import library, metrics
+
+    direct = np.array([[last[0]], [last[1]]])
+    points, intervals = library.get_interval_estimates(
+        {"g": direct}, lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)]), reps=300,
+        random_state=np.random.RandomState(3))
+    assert points["g"][0] == pytest.approx(scipy.stats.trim_mean(direct.ravel(), 0.25)) and points["g"][1] == pytest.approx(direct.mean())
+    for title, column in (("Final score: IQM", 0), ("Final score: mean", 1)):
+        shown = [float(x) for x in re.findall(r"[-\d.e+]+", cell(table, title, narrow).split(" (n=")[0])]
+        assert shown == pytest.approx([points["g"][column], *intervals["g"][:, column]], rel=2e-3)
+        assert cell(table, title, narrow).endswith("(n=2)")
+        assert float(cell(table, title, wide).split(" (n=1)")[0]) == pytest.approx(last[2], rel=2e-3)
+    assert float(cell(table, "Best evaluation", narrow)) == pytest.approx((best[0] + best[1]) / 2, rel=2e-3)
+    # Every run in runs.csv with its last and best score; the plots exist.
+    with open("report/runs.csv") as file:
+        rows = {Path(row["run"]).name: row for row in csv.DictReader(file)}
+    assert sorted(rows) == ["version_0", "version_1", "version_2"]
+    for v in range(3):
+        row = rows[f"version_{v}"]
+        assert float(row["last"]) == pytest.approx(last[v]) and float(row["best"]) == pytest.approx(best[v])
+        assert row["algorithm"] == (wide if v == 2 else narrow) and int(row["last_update"]) == 40
+    for png in ("aggregate.png", "performance_profile.png", "probability_of_improvement.png"):
+        assert (Path("report") / png).read_bytes().startswith(PNG)
+    assert "| bc (hidden_dims=[16, 16]) | bc (hidden_dims=[32, 32]) |" in table  # the pair of P(X > Y)
 
 
 def test_each_run_folder_has_its_summary_and_curves(runs):

@@ -1,5 +1,5 @@
-"""The `offrl` command: `fit`/`validate`/`test` (offrl.cli.fit), `data ...` (offrl.cli.data) and `report`
-(offrl.cli.report); errors a user can cause end in one `offrl: error:` line, and known noise is silenced."""
+"""The `offrl` command: `fit`/`validate`/`test` (offrl.cli.fit), `data ...` (offrl.cli.data), `sweep`
+(offrl.cli.sweep) and `report` (offrl.cli.report); errors a user can cause end in one `offrl: error:` line, and known noise is silenced."""
 
 from __future__ import annotations
 
@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
             from offrl.cli.data import data_main
 
             data_main(args[1:])
+        elif args and args[0] == "sweep":
+            from offrl.cli.sweep import sweep_main
+
+            sweep_main(args[1:])
         elif args and args[0] == "report":
             from offrl.cli.report import report_main
 

@@ -33,7 +33,7 @@ from offrl.checkpoints import AtomicCheckpointIO, newest_readable, read_checkpoi
 from offrl.cli.dynamics import fit_dynamics_phase, needs_dynamics_fit, phase_checkpoint_dir
 from offrl.data.datamodules import TransitionDataModule
 from offrl.errors import OffrlError
-from offrl.reports import SCORE_METRICS
+from offrl.reports import SCORE_METRICS, flatten
 
 LOG_ROOT = "logs"
 
@@ -120,17 +120,6 @@ def run_of_config(log_dir: Path, given: dict, config_files: list[Path]) -> Path:
         f"--ckpt_path last found no run of this config under {log_dir} (its runs differ: {'; '.join(described)}); "
         "give the run's own config (<run>/config.yaml) or --ckpt_path <run>/checkpoints/last.ckpt"
     )
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    """{"model": {"init_args": {"lr": 1}}} -> {"model.init_args.lr": 1}."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def plain(value):
@@ -269,6 +258,8 @@ class OffrlCLI(LightningCLI):
         self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_name = f"{self.model.algorithm_name}/{dataset_short_name(self.datamodule.dataset_id)}"
+        # Runs live under trainer.default_root_dir when it is given (a study's trial keeps its runs in its folder).
+        log_root = Path(config["trainer"].get("default_root_dir") or LOG_ROOT)
         resumed_run = None  # the run folder a `fit --ckpt_path last` continues
         self.dynamics_resume: Path | None = None  # the dynamics-fit checkpoint a run stopped in that phase resumes
         ckpt_path = config.get("ckpt_path")
@@ -276,7 +267,7 @@ class OffrlCLI(LightningCLI):
             # This config's own run: its newest readable checkpoint, and (for fit) its folder to log into.
             given = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]
             files = [Path(str(file)) for file in config.get("config") or []]
-            run_dir = run_of_config(Path(LOG_ROOT) / run_name, given, files)
+            run_dir = run_of_config(log_root / run_name, given, files)
             # A fit stopped while fitting its dynamics model continues that fit; test and validate need SAC's.
             in_dynamics_phase = self.subcommand == "fit" and not any((run_dir / "checkpoints").glob("*.ckpt"))
             path, skipped = newest_readable(phase_checkpoint_dir(run_dir) if in_dynamics_phase else run_dir / "checkpoints")
@@ -319,7 +310,7 @@ class OffrlCLI(LightningCLI):
             elif resumed_run is not None:
                 self.trainer.logger = TensorBoardLogger(resumed_run.parent, name="", version=resumed_run.name, default_hp_metric=False)
             else:
-                self.trainer.logger = TensorBoardLogger(LOG_ROOT, name=run_name, default_hp_metric=False)
+                self.trainer.logger = TensorBoardLogger(log_root, name=run_name, default_hp_metric=False)
             run_dir = Path(self.trainer.logger.log_dir)
             if resumed_run is None and tested_run is None:
                 self.fresh_run_dir = run_dir
@@ -447,6 +438,7 @@ HELP = """offrl: offline RL on Lightning, TorchRL and Minari.
   offrl fit --config configs/<algorithm>/<dataset>.yaml [--section.key value ...]   train (resume: --ckpt_path last)
   offrl test --config <run>/config.yaml --ckpt_path last                           evaluate that run's last checkpoint
   offrl data {list,info,generate,import-d4rl} ...                                   datasets (offrl data --help)
+  offrl sweep STUDY.yaml [--address ADDR]                                           a study (configs x grid x seeds) on Ray Tune
   offrl report logs/ [--out DIR]                                                    tables and plots of runs, grouped by config
 
 Algorithms (model.class_path: the short name or offrl.algos.<file>.<name>; one recipe per paper setting under configs/):
@@ -483,8 +475,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
     """Keeps HELP's layout; the rest as jsonargparse formats it."""
 
 
-def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:
-    """The CLI on `args`; with run=False it only builds the model, datamodule and trainer (for scripts)."""
+def run_lightning(args: list[str] | None, run: bool = True, callbacks: list[L.Callback] = ()) -> OffrlCLI:
+    """The CLI on `args`; with run=False it only builds the model, datamodule and trainer (for scripts). `callbacks`
+    join offrl's own (a study's trial adds the one that reports to Ray Tune)."""
     return OffrlCLI(
         OfflineAlgorithm,
         TransitionDataModule,
@@ -494,7 +487,7 @@ def run_lightning(args: list[str] | None, run: bool = True) -> OffrlCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [StopCheckpoint(), RunReport()]},
+        trainer_defaults={"callbacks": [StopCheckpoint(), RunReport(), *callbacks]},
         args=args,
         run=run,
         auto_configure_optimizers=False,

@@ -1,5 +1,7 @@
-"""`offrl report PATH... [--out DIR]`: run folders (or folders above them) -> a Markdown table of the last and best
-evaluation score per config across seeds, and a PNG of each config's curves."""
+"""`offrl report PATH... [--out DIR]`: run folders (or folders above them, such as a study's) -> report.md with
+per algorithm x dataset the IQM and mean of the final score over seeds with 95 % stratified bootstrap intervals, the
+aggregate over datasets (IQM, mean, median, optimality gap), each run's best evaluation apart, runs.csv and
+scores.csv beside it, a performance profile, probabilities of improvement and each group's curves as PNGs."""
 
 from __future__ import annotations
 
@@ -7,19 +9,28 @@ import argparse
 import sys
 from pathlib import Path
 
+from offrl.errors import OffrlError
+
 
 def report_main(args: list[str]) -> None:
     from offrl.reports import report
 
     parser = argparse.ArgumentParser(prog="offrl report", description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("paths", nargs="+", type=Path, help="run folders (logs/<algorithm>/<dataset>/version_N) or folders above them")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="folder for report.md and the PNGs (default: ./report)")
+    parser.add_argument("--out", type=Path, default=Path("report"), help="folder for report.md, the CSVs and the PNGs (default: ./report)")
+    parser.add_argument("--compare", nargs=2, action="append", metavar=("X", "Y"),
+                        help="a pair for the probability of improvement P(X > Y), by the names in the tables (quote names "
+                             "with spaces); repeat for more (default: every pair when there are at most 5 algorithms)")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default: 2000; rliable's papers use 50000, which takes minutes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     parsed = parser.parse_args(args)
+    if parsed.reps < 100:
+        raise OffrlError(f"--reps {parsed.reps} is too few resamples for a 95 % interval; give 100 or more (default 2000)")
     notes: list[str] = []
     try:
-        table = report(parsed.paths, parsed.out, notes)
+        table = report(parsed.paths, parsed.out, notes, pairs=[tuple(pair) for pair in parsed.compare] if parsed.compare else None, reps=parsed.reps, seed=parsed.seed)
     finally:
         for note in notes:
             print(f"offrl: {note}", file=sys.stderr)
     print(table, end="")
-    print(f"offrl: wrote {parsed.out / 'report.md'} and its plots")
+    print(f"offrl: wrote {parsed.out / 'report.md'}, runs.csv, scores.csv and the plots", flush=True)
