@@ -158,6 +158,10 @@ def test_study_file_mistakes_are_one_sentence(tmp_path, monkeypatch, capsys):
         "configs: [a.yaml]\nsearch: {space: {model.init_args.lr: {normal: [0, 1]}}}\n": "search.space.model.init_args.lr must be one of",
         "configs: [a.yaml]\nset: {ckpt_path: last}\n": "ckpt_path is set by the sweep for each trial",
         "configs: [a.yaml]\ntrial: {cpus: 0}\n": "trial.cpus must be > 0",
+        "configs: [{path: a.yaml, set: {trainer.max_steps: 5}}]\nset: {trainer.max_steps: 10}\n": "trainer.max_steps is given twice",
+        "configs: [{file: a.yaml}]\n": "a configs entry is a path or {path: FILE, set: {key: value}}",
+        "configs: [a.yaml]\nseeds: [0, 0]\n": "seeds must list distinct integers",
+        "configs: [a.yaml]\nseeds: [0]\ngrid: {data.init_args.seed: [1]}\n": "seeds sets data.init_args.seed for each trial",
     }
     for text, expected in cases.items():
         Path("study.yaml").write_text(text)
@@ -166,13 +170,19 @@ def test_study_file_mistakes_are_one_sentence(tmp_path, monkeypatch, capsys):
     Path("study.yaml").write_text("configs: [a.yaml]\ntrial: {gpus: 1}\n")  # this machine has none: refused, not pending
     assert "each trial asks for trial.gpus 1 but this machine has 0" in refused(capsys, "sweep", "study.yaml", "--cpus", "1")
     assert not Path("logs").exists()
-    Path("study.yaml").write_text("configs: [a.yaml]\ngrid: {seed_everything: [0, 1]}\nset: {trainer.max_steps: 10}\n")
+    Path("b.yaml").write_text("model: {}\n")
+    Path("study.yaml").write_text("configs: [a.yaml, {path: b.yaml, set: {model.init_args.lr: 0.001}}]\nseeds: [0, 1]\n"
+                                  "grid: {model.init_args.hidden_dims: [[8], [16]]}\nset: {trainer.max_steps: 10}\n")
     from test_errors import offrl
 
     assert offrl("sweep", "study.yaml", "--dry-run") == 0
     listed = capsys.readouterr().out.splitlines()
-    assert listed[0] == "study study: 2 trials, 1 CPUs and 0 GPUs each"
-    assert listed[1].endswith("--trainer.max_steps 10 --seed_everything 0") and listed[2].endswith("--seed_everything 1")
+    assert listed[0] == "study study: 8 trials, 1 CPUs and 0 GPUs each"
+    assert listed[1].endswith("a.yaml --trainer.max_steps 10 --model.init_args.hidden_dims '[8]' --seed_everything 0 --data.init_args.seed 0")
+    # the config's own setting goes to its trials only, after the study's and before the grid point's
+    assert all(("--model.init_args.lr 0.001" in line) == ("b.yaml" in line) for line in listed[1:])
+    assert listed[8].endswith("b.yaml --trainer.max_steps 10 --model.init_args.lr 0.001 --model.init_args.hidden_dims '[16]' "
+                              "--seed_everything 1 --data.init_args.seed 1")
 
 
 def test_an_optuna_search_draws_settings_within_its_space_and_names_the_best(study):

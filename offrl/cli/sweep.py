@@ -6,7 +6,8 @@ A study file (keys as on the `offrl fit` command line):
     name: hopper-baselines              # the study's folder: <storage>/<name> (default: the file's name)
     configs:                            # one axis of the grid: the base config of each trial (globs allowed)
       - configs/bc/hopper-medium.yaml
-      - configs/iql/hopper-medium.yaml
+      - path: configs/iql/hopper-medium.yaml   # a config with settings of its own (its trials only)
+        set: {model.init_args.expectile: 0.8}
     seeds: [0, 1, 2]                    # an axis: each sets seed_everything and data.init_args.seed (the sampler's)
     grid:                               # more axes: every combination of these values
       model.init_args.hidden_dims: [[256, 256], [512, 512]]
@@ -69,6 +70,7 @@ class Search:
 class Study:
     name: str
     configs: list[Path]
+    config_settings: dict[str, dict[str, Any]]  # a config's own settings, by its resolved path
     seeds: list[int] | None
     grid: dict[str, list]
     fixed: dict[str, Any]
@@ -109,7 +111,7 @@ def read_study(path: Path) -> Study:
     name = str(raw.get("name") or path.stem)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise OffrlError(f"study file {path}: name {name!r} must be letters, digits, '_', '.' and '-' (it names a folder)")
-    configs = study_configs(path, raw.get("configs"))
+    configs, config_settings = study_configs(path, raw.get("configs"))
     seeds = raw.get("seeds")
     if seeds is not None and not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
                                   and len(set(seeds)) == len(seeds)):
@@ -120,14 +122,16 @@ def read_study(path: Path) -> Study:
     fixed = raw.get("set") or {}
     if not isinstance(fixed, dict):
         raise OffrlError(f"study file {path}: set must map keys to one value each (e.g. trainer.max_steps: 3000)")
-    for key in [*grid, *fixed]:
+    own_keys = {key for settings in config_settings.values() for key in settings}
+    for key in [*grid, *fixed, *own_keys]:
         check_setting_key(path, key)
         if seeds is not None and key in SEED_KEYS:
             raise OffrlError(f"study file {path}: seeds sets {key} for each trial; remove it from grid and set")
     search = read_search(path, raw.get("search"), grid, len(configs), seeds)
-    overlap = sorted(set(grid) & set(fixed) | set(grid) & set(search.space if search else {}) | set(fixed) & set(search.space if search else {}))
+    places = [set(grid), set(fixed), set(search.space if search else {}), own_keys]
+    overlap = sorted({key for a, b in itertools.combinations(places, 2) for key in a & b})
     if overlap:
-        raise OffrlError(f"study file {path}: {', '.join(overlap)} is given twice (grid, set, search.space); keep it in one place")
+        raise OffrlError(f"study file {path}: {', '.join(overlap)} is given twice (grid, set, search.space, a config's set); keep it in one place")
     trial = raw.get("trial") or {}
     unknown = sorted(set(trial) - {"cpus", "gpus"}) if isinstance(trial, dict) else ["trial"]
     if unknown:
@@ -138,22 +142,31 @@ def read_study(path: Path) -> Study:
     concurrent = raw.get("concurrent")
     if concurrent is not None and not (isinstance(concurrent, int) and concurrent > 0):
         raise OffrlError(f"study file {path}: concurrent must be a positive integer (trials at once), got {concurrent!r}")
-    return Study(name, configs, seeds, grid, fixed, search, float(cpus), float(gpus), concurrent, text)
+    return Study(name, configs, config_settings, seeds, grid, fixed, search, float(cpus), float(gpus), concurrent, text)
 
 
-def study_configs(path: Path, given: Any) -> list[Path]:
-    """The base configs, globs expanded, relative to the working folder (as on the command line)."""
+def study_configs(path: Path, given: Any) -> tuple[list[Path], dict[str, dict[str, Any]]]:
+    """The base configs, globs expanded, relative to the working folder (as on the command line), and the settings
+    of those given as {path: ..., set: {...}}."""
     if not isinstance(given, list) or not given:
         raise OffrlError(f"study file {path}: configs must list the base config files (e.g. configs/iql/hopper-medium.yaml)")
     found: list[Path] = []
-    for pattern in map(str, given):
+    own: dict[str, dict[str, Any]] = {}
+    for entry in given:
+        settings = {}
+        if isinstance(entry, dict):
+            if set(entry) - {"path", "set"} or not isinstance(entry.get("path"), str) or not isinstance(entry.get("set", {}), dict):
+                raise OffrlError(f"study file {path}: a configs entry is a path or {{path: FILE, set: {{key: value}}}}, got {entry!r}")
+            entry, settings = entry["path"], entry.get("set") or {}
+        pattern = str(entry)
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] if Path(pattern).is_file() else []
         if not matches:
             raise OffrlError(f"study file {path}: config {pattern} matches no file (paths are relative to {Path.cwd()})")
         found += [Path(match).resolve() for match in matches]
+        own |= {str(Path(match).resolve()): settings for match in matches if settings}
     if len(set(found)) != len(found):
         raise OffrlError(f"study file {path}: a config is listed twice in configs; list each once")
-    return found
+    return found, own
 
 
 def check_setting_key(path: Path, key: Any) -> None:
@@ -219,11 +232,17 @@ def command_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def fit_args(params: dict, run_root: Path, cpus: float, resume: bool) -> list[str]:
+def trial_settings(params: dict, config_settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every setting a trial gives on the command line: the study's, its config's own, its grid point's, its seed's."""
+    seed = params.get("seed")
+    return {**params.get("fixed", {}), **config_settings.get(params["config"], {}), **params["settings"],
+            **({key: seed for key in SEED_KEYS} if seed is not None else {})}
+
+
+def fit_args(params: dict, run_root: Path, cpus: float, resume: bool, config_settings: dict[str, dict[str, Any]]) -> list[str]:
     """The `offrl fit` command line of a trial: its base config, the study's settings, its own run folder and threads."""
     args = ["fit", "--config", params["config"], "--trainer.default_root_dir", str(run_root)]
-    seed = params.get("seed")
-    settings = {**params.get("fixed", {}), **params["settings"], **({key: seed for key in SEED_KEYS} if seed is not None else {})}
+    settings = trial_settings(params, config_settings)
     if "performance.threads" not in settings:
         args += ["--performance.threads", str(max(1, math.floor(cpus)))]
     for key, value in settings.items():
@@ -243,7 +262,7 @@ def prepare_run_root(run_root: Path) -> bool:
     return False
 
 
-def run_trial(params: dict, experiment_dir: str, cpus: float) -> None:
+def run_trial(params: dict, experiment_dir: str, cpus: float, config_settings: dict[str, dict[str, Any]] | None = None) -> None:
     """Tune's trainable: one `offrl fit` in this worker, reporting each evaluation to Tune. A mistake a user can
     fix ends the trial with that one sentence (Tune records it as the trial's error)."""
     from ray import tune
@@ -260,9 +279,10 @@ def run_trial(params: dict, experiment_dir: str, cpus: float) -> None:
         ended = json.loads(summary.read_text())
         tune.report({**ended.get("last", {}), "update": ended.get("updates")})
         return
-    args = fit_args(params, run_root, cpus, prepare_run_root(run_root))
+    args = fit_args(params, run_root, cpus, prepare_run_root(run_root), config_settings or {})
     print(f"offrl: trial runs offrl {' '.join(args)}", flush=True)
     report = TuneReportCheckpointCallback(save_checkpoints=False, on="validation_end")
+    sys.argv[1:] = []  # the worker's own command line is Ray's; the CLI reads only `args`
     try:
         run_lightning(args, callbacks=[report])
     except Exception as err:
@@ -342,7 +362,7 @@ def sweep(study_path: Path, storage: Path, address: str | None = None, cpus: int
     study = read_study(study_path)
     experiment_dir = (storage / study.name).resolve()
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, experiment_dir=str(experiment_dir), cpus=study.cpus),
+        tune.with_parameters(run_trial, experiment_dir=str(experiment_dir), cpus=study.cpus, config_settings=study.config_settings),
         {"cpu": study.cpus, "gpu": study.gpus},
     )
     copy = experiment_dir / STUDY_COPY
@@ -396,8 +416,7 @@ def dry_run(study_path: Path) -> str:
     lines = [f"study {study.name}: {study.trial_count()} trials, {study.cpus:g} CPUs and {study.gpus:g} GPUs each"]
     for params in study.grid_trials():
         samples = f" x {study.search.samples} samples of {', '.join(study.search.space)}" if study.search else ""
-        seeded = {key: params["seed"] for key in SEED_KEYS} if params["seed"] is not None else {}
-        extra = [f"--{key} {shlex.quote(command_value(value))}" for key, value in {**study.fixed, **params["settings"], **seeded}.items()]
+        extra = [f"--{key} {shlex.quote(command_value(value))}" for key, value in trial_settings({**params, "fixed": study.fixed}, study.config_settings).items()]
         lines.append(f"  offrl fit --config {params['config']} {' '.join(extra)}{samples}".rstrip())
     return "\n".join(lines)
 
