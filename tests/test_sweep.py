@@ -170,11 +170,14 @@ def test_study_file_mistakes_are_one_sentence(tmp_path, monkeypatch, capsys):
     Path("study.yaml").write_text("configs: [a.yaml]\ntrial: {gpus: 1}\n")  # this machine has none: refused, not pending
     assert "each trial asks for trial.gpus 1 but this machine has 0" in refused(capsys, "sweep", "study.yaml", "--cpus", "1")
     assert not Path("logs").exists()
+    Path("study.yaml").write_text("configs: [a.yaml]\ngrid: {seed_everything: [0, 1]}\n")
+    from test_errors import offrl
+
+    assert offrl("sweep", "study.yaml", "--dry-run") == 0  # allowed, with a note on the sampler's seed
+    assert "varies seed_everything but not data.init_args.seed, so every trial draws the same batches" in capsys.readouterr().err
     Path("b.yaml").write_text("model: {}\n")
     Path("study.yaml").write_text("configs: [a.yaml, {path: b.yaml, set: {model.init_args.lr: 0.001}}]\nseeds: [0, 1]\n"
                                   "grid: {model.init_args.hidden_dims: [[8], [16]]}\nset: {trainer.max_steps: 10}\n")
-    from test_errors import offrl
-
     assert offrl("sweep", "study.yaml", "--dry-run") == 0
     listed = capsys.readouterr().out.splitlines()
     assert listed[0] == "study study: 8 trials, 1 CPUs and 0 GPUs each"

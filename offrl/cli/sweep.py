@@ -142,6 +142,10 @@ def read_study(path: Path) -> Study:
     concurrent = raw.get("concurrent")
     if concurrent is not None and not (isinstance(concurrent, int) and concurrent > 0):
         raise OffrlError(f"study file {path}: concurrent must be a positive integer (trials at once), got {concurrent!r}")
+    varied = set(grid) | set(search.space if search else {})
+    if "seed_everything" in varied and "data.init_args.seed" not in varied:
+        print(f"offrl: note: study {path} varies seed_everything but not data.init_args.seed, so every trial draws the "
+              "same batches; `seeds: [...]` varies both", file=sys.stderr, flush=True)
     return Study(name, configs, config_settings, seeds, grid, fixed, search, float(cpus), float(gpus), concurrent, text)
 
 
@@ -280,7 +284,7 @@ def run_trial(params: dict, experiment_dir: str, cpus: float, config_settings: d
         tune.report({**ended.get("last", {}), "update": ended.get("updates")})
         return
     args = fit_args(params, run_root, cpus, prepare_run_root(run_root), config_settings or {})
-    print(f"offrl: trial runs offrl {' '.join(args)}", flush=True)
+    print(f"offrl: trial runs offrl {shlex.join(args)}", flush=True)
     report = TuneReportCheckpointCallback(save_checkpoints=False, on="validation_end")
     sys.argv[1:] = []  # the worker's own command line is Ray's; the CLI reads only `args`
     try:
@@ -353,13 +357,12 @@ def start_ray(address: str | None, cpus: int | None, study: Study) -> None:
             print(f"offrl: warning: {message}, or add machines that have them", file=sys.stderr, flush=True)
 
 
-def sweep(study_path: Path, storage: Path, address: str | None = None, cpus: int | None = None,
+def sweep(study: Study, storage: Path, address: str | None = None, cpus: int | None = None,
           retry_failed: bool = False) -> tuple[list[str], int]:
     """Runs (or resumes) the study; returns one line per failed trial and the number of trials left unfinished
     (a Ctrl-C stops the study: Tune saves its state and stops the running trials)."""
     from ray import tune
 
-    study = read_study(study_path)
     experiment_dir = (storage / study.name).resolve()
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, experiment_dir=str(experiment_dir), cpus=study.cpus, config_settings=study.config_settings),
@@ -411,13 +414,12 @@ def one_line(error: BaseException) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}"
 
 
-def dry_run(study_path: Path) -> str:
-    study = read_study(study_path)
+def dry_run(study: Study) -> str:
     lines = [f"study {study.name}: {study.trial_count()} trials, {study.cpus:g} CPUs and {study.gpus:g} GPUs each"]
     for params in study.grid_trials():
         samples = f" x {study.search.samples} samples of {', '.join(study.search.space)}" if study.search else ""
         extra = [f"--{key} {shlex.quote(command_value(value))}" for key, value in trial_settings({**params, "fixed": study.fixed}, study.config_settings).items()]
-        lines.append(f"  offrl fit --config {params['config']} {' '.join(extra)}{samples}".rstrip())
+        lines.append(f"  offrl fit --config {shlex.quote(params['config'])} {' '.join(extra)}{samples}".rstrip())
     return "\n".join(lines)
 
 
@@ -431,11 +433,12 @@ def sweep_main(args: list[str]) -> None:
     parser.add_argument("--retry-failed", action="store_true", help="on a resume, run the failed trials again")
     parser.add_argument("--dry-run", action="store_true", help="list the trials and stop")
     parsed = parser.parse_args(args)
+    study = read_study(parsed.study)
     if parsed.dry_run:
-        print(dry_run(parsed.study))
+        print(dry_run(study))
         return
-    failed, unfinished = sweep(parsed.study, parsed.storage, parsed.address, parsed.cpus, parsed.retry_failed)
-    study_dir = parsed.storage / read_study(parsed.study).name
+    failed, unfinished = sweep(study, parsed.storage, parsed.address, parsed.cpus, parsed.retry_failed)
+    study_dir = parsed.storage / study.name
     for line in failed:
         print(f"offrl: trial failed: {line}", file=sys.stderr)
     if unfinished:
