@@ -470,6 +470,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Written to a temporary name, then renamed: a kill mid-write leaves the previous file or none."""
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)
     temporary.replace(path)

@@ -14,7 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks.progress import ProgressBar
 from tqdm.auto import tqdm
 
-from offrl.reports import SCORE_METRICS, plot_run
+from offrl.reports import SCORE_METRICS, plot_run, write_text
 
 
 def duration(seconds: float) -> str:
@@ -80,9 +80,7 @@ class UpdateProgressBar(ProgressBar):
 
 def write_json(path: Path, content: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(content, indent=1))
-    temporary.replace(path)
+    write_text(path, json.dumps(content, indent=1))
 
 
 class RunReport(L.Callback):

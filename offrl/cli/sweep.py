@@ -370,13 +370,11 @@ def sweep(study: Study, storage: Path, address: str | None = None, cpus: int | N
     )
     copy = experiment_dir / STUDY_COPY
     resuming = tune.Tuner.can_restore(str(experiment_dir))
-    if resuming and copy.exists() and copy.read_text() != study.text:
+    if copy.exists() and copy.read_text() != study.text:
         raise OffrlError(
             f"{experiment_dir} holds a study run from a different study file; give the study a new name, or restore "
             f"{copy} to resume that one"
         )
-    if copy.exists() and not resuming and any(experiment_dir.iterdir()) and copy.read_text() != study.text:
-        raise OffrlError(f"{experiment_dir} already holds another study; give this one a new name")
     start_ray(address, cpus, study)
     if resuming:
         print(f"offrl: resuming study {experiment_dir} (finished trials are kept)", file=sys.stderr, flush=True)
@@ -398,15 +396,15 @@ def sweep(study: Study, storage: Path, address: str | None = None, cpus: int | N
     # A trial stopped by the Ctrl-C also ends as "terminated", but without Tune's done flag; trials the search had
     # not yet drawn are not in the results at all.
     done = sum(1 for result in results if result.error is None and (result.metrics or {}).get("done"))
-    if study.search is not None and study.search.metric and done:
-        best = results.get_best_result(study.search.metric, study.search.mode, scope="last", filter_nan_and_inf=True)
-        print(f"offrl: best final {study.search.metric} {best.metrics.get(study.search.metric):.4g}: {best.config['settings']} "
-              f"({best.path})", flush=True)
+    metric = study.search.metric if study.search else None
+    if metric and any((result.metrics or {}).get(metric) is not None for result in results):
+        best = results.get_best_result(metric, study.search.mode, scope="last", filter_nan_and_inf=True)
+        print(f"offrl: best final {metric} {best.metrics[metric]:.4g}: {best.config['settings']} ({best.path})", flush=True)
     return failed, study.trial_count() - done - len(failed)
 
 
 def one_line(error: BaseException) -> str:
-    """The trial's own error in one line: offrl's sentence, or the exception's type and first line."""
+    """The trial's own error in one line: offrl's sentence, or the exception's type and its message's last line."""
     cause = getattr(error, "cause", None) or error
     if isinstance(cause, TrialFailed) or type(cause).__name__ == "TrialFailed":
         return str(cause)
