@@ -257,8 +257,7 @@ def fit_args(params: dict, run_root: Path, cpus: float, resume: bool, config_set
 def prepare_run_root(run_root: Path) -> bool:
     """Whether the trial resumes a run of its own (a checkpoint in its folder). A run folder it left without any
     checkpoint (killed before its first) holds nothing to resume and would count twice in a report: removed."""
-    checkpoints = list(run_root.rglob("*.ckpt"))
-    if checkpoints:
+    if any(run_root.rglob("*.ckpt")):
         return True
     for config in run_root.glob("*/*/version_*/config.yaml"):
         print(f"offrl: removing {config.parent}: this trial's earlier start saved no checkpoint to resume", flush=True)
@@ -266,7 +265,7 @@ def prepare_run_root(run_root: Path) -> bool:
     return False
 
 
-def run_trial(params: dict, experiment_dir: str, cpus: float, config_settings: dict[str, dict[str, Any]] | None = None) -> None:
+def run_trial(params: dict, experiment_dir: str, cpus: float, config_settings: dict[str, dict[str, Any]]) -> None:
     """Tune's trainable: one `offrl fit` in this worker, reporting each evaluation to Tune. A mistake a user can
     fix ends the trial with that one sentence (Tune records it as the trial's error)."""
     from ray import tune
@@ -283,7 +282,7 @@ def run_trial(params: dict, experiment_dir: str, cpus: float, config_settings: d
         ended = json.loads(summary.read_text())
         tune.report({**ended.get("last", {}), "update": ended.get("updates")})
         return
-    args = fit_args(params, run_root, cpus, prepare_run_root(run_root), config_settings or {})
+    args = fit_args(params, run_root, cpus, prepare_run_root(run_root), config_settings)
     print(f"offrl: trial runs offrl {shlex.join(args)}", flush=True)
     report = TuneReportCheckpointCallback(save_checkpoints=False, on="validation_end")
     sys.argv[1:] = []  # the worker's own command line is Ray's; the CLI reads only `args`
