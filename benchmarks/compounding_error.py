@@ -36,7 +36,7 @@ from offrl.data import registry
 from offrl.models.any_step import AnyStepModel
 from offrl.models.ensemble import EnsembleModel
 from offrl.algos.dynamics import FitSettings, fit_dynamics
-from offrl.data.windows import window_starts
+from offrl.data.windows import WindowGenerators, window_starts
 from offrl.objectives.dynamics import any_step_penalty, ensemble_penalty
 
 REPORT_HORIZONS = (1, 5, 10, 20, 50, 100)
@@ -157,7 +157,7 @@ def main() -> None:
         model.fit_normalizers(train["observation"], train["action"])
         start = time.perf_counter()
         settings = FitSettings(lr=lr, max_epochs=args.dynamics_max_epochs, updates_per_epoch=args.dynamics_updates_per_epoch)
-        history = fit_dynamics(model, train, settings)
+        history = fit_dynamics(model, train, settings, WindowGenerators(args.seed, device))
         timings[name] = {"seconds": time.perf_counter() - start, "epochs": len(history), "best_holdout_mse": min(history)}
         model.eval()
 

@@ -28,7 +28,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from offrl.algos.dynamics import fit_epoch, holdout_errors, updates_per_epoch
-from offrl.data.windows import split_window_starts
+from offrl.data.windows import WindowGenerators, split_window_starts
 from offrl.models.rollouts import rollout
 from offrl.nn.optim import adam
 from throughput import instantiate, matmul_peak, synchronize  # benchmarks/throughput.py, beside this script
@@ -80,9 +80,10 @@ def main() -> None:
         transitions["episode_last"], dynamics.max_window, settings.holdout_fraction, settings.max_holdout
     )
     optimizer = adam(dynamics.parameters(), lr=settings.lr)
+    generators = WindowGenerators(0, device)
     dynamics.train()
     fit_seconds, fit_flops = timed(
-        lambda: fit_epoch(dynamics, transitions, train_starts, args.fit_updates, settings.batch_size, optimizer),
+        lambda: fit_epoch(dynamics, transitions, train_starts, args.fit_updates, settings.batch_size, optimizer, generators),
         args.repeats, device,
     )
     holdout_seconds, _ = timed(lambda: holdout_errors(dynamics, transitions, holdout_starts), args.repeats, device)

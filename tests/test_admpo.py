@@ -18,6 +18,7 @@ from tensordict import TensorDict
 from conftest import REACH_1D, trainer, write_synthetic
 from test_cli import offrl, scalars
 from offrl.algos.admpo import ADMPOOffline
+from offrl.algos.dynamics import FitSettings, fit_dynamics, holdout_errors
 from offrl.algos.mopo import MOPO
 from offrl.data import registry
 from offrl.envs.termination import hopper_terminated, termination_fn, walker2d_terminated
@@ -25,9 +26,8 @@ from offrl.errors import OffrlError
 from offrl.models.any_step import AnyStepModel
 from offrl.models.dynamics import CPU_ROLLOUT_CHUNK_ROWS
 from offrl.models.ensemble import EnsembleModel
-from offrl.algos.dynamics import FitSettings, fit_dynamics, holdout_errors
 from offrl.models.rollouts import ModelBuffer, rollout
-from offrl.data.windows import window_starts, window_targets
+from offrl.data.windows import WindowGenerators, window_starts, window_targets
 from offrl.objectives.dynamics import any_step_penalty, dynamics_nll, ensemble_penalty, layer_weight_decay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_k_is_drawn_in_1_to_m_in_training_and_rollouts():
     model.fit_normalizers(transitions["observation"], transitions["action"])
     seen: list[int] = []
     model.register_forward_hook(lambda module, args, out: seen.append(args[1].shape[1]))
-    fit_dynamics(model, transitions, FitSettings(batch_size=16, max_epochs=1, updates_per_epoch=60), progress=False)
+    fit_dynamics(model, transitions, FitSettings(batch_size=16, max_epochs=1, updates_per_epoch=60), WindowGenerators(0), progress=False)
     training = seen[:60]
     assert set(training) == {1, 2, 3}
     gru_calls: list[tuple[int, ...]] = []
@@ -188,7 +188,7 @@ def test_nll_falls_and_direct_3_step_prediction_beats_3_bootstrapped_steps():
             return dynamics_nll(mean, logvar, target, model.bounds.min_logvar, model.bounds.max_logvar).item()
 
     before = nll()
-    history = fit_dynamics(model, transitions, FitSettings(batch_size=64, lr=1e-3, max_epochs=15), progress=False)
+    history = fit_dynamics(model, transitions, FitSettings(batch_size=64, lr=1e-3, max_epochs=15), WindowGenerators(0), progress=False)
     assert nll() < before - 1.0
     assert min(history) < 0.2 * history[0]
 
@@ -213,7 +213,7 @@ def test_ensemble_learns_and_keeps_its_best_members_as_elites():
     transitions, _, _ = linear_system(episodes=20)
     model = EnsembleModel(4, 2, hidden_dims=(32, 32), num_members=4, num_elites=2)
     model.fit_normalizers(transitions["observation"], transitions["action"])
-    history = fit_dynamics(model, transitions, FitSettings(batch_size=64, lr=1e-3, max_epochs=10, updates_per_epoch=60), progress=False)
+    history = fit_dynamics(model, transitions, FitSettings(batch_size=64, lr=1e-3, max_epochs=10, updates_per_epoch=60), WindowGenerators(0), progress=False)
     assert history[-1] < 0.3 * history[0]
     holdout_first = window_starts(transitions["episode_last"], 1)
     errors = holdout_errors(model, transitions, [holdout_first[holdout_first >= len(transitions) - 200]])
@@ -287,7 +287,7 @@ def test_each_member_keeps_its_own_best_epoch_and_only_drops_over_the_threshold_
 
     monkeypatch.setattr(fitting, "holdout_errors", scripted_errors)
     settings = FitSettings(batch_size=32, lr=1e-2, patience=2, updates_per_epoch=5, improvement=0.01)
-    history = fit_dynamics(model, transitions, settings, progress=False)
+    history = fit_dynamics(model, transitions, settings, WindowGenerators(0), progress=False)
     assert len(history) == 6 and len(snapshots) == 7  # six epochs, then one call to pick the elites
     final = model.state_dict()
     for name in model.member_state_names():
@@ -312,7 +312,7 @@ def test_ensemble_weight_decay_is_tensorflows_per_layer_l2_and_shrinks_the_train
         torch.manual_seed(0)
         model = EnsembleModel(4, 2, hidden_dims=(16,), num_members=2, num_elites=1, weight_decay=decay)
         model.fit_normalizers(transitions["observation"], transitions["action"])
-        fit_dynamics(model, transitions, FitSettings(batch_size=64, lr=1e-2, max_epochs=3, updates_per_epoch=50), progress=False)
+        fit_dynamics(model, transitions, FitSettings(batch_size=64, lr=1e-2, max_epochs=3, updates_per_epoch=50), WindowGenerators(0), progress=False)
         norms[decay is None] = sum(layer.weight.square().sum() for layer in model.net[::2]).item()
     assert norms[False] < 0.5 * norms[True]
 

@@ -221,6 +221,26 @@ def test_any_step_windows_stay_in_one_episode_and_out_of_the_hold_out(flat_id):
     assert module.steps_per_epoch == max(len(module.train_starts[0]) // 128, 1) * 4
 
 
+def test_an_online_refit_draws_its_windows_as_the_datamodule_does_from_streams_its_checkpoint_restores(flat_id):
+    """One window sampler: the online refits' streams (model_based_sac.OnlineRollouts) seeded like a datamodule draw
+    its batches; restored from the schedule's checkpoint state they continue, whatever the global RNG and seed."""
+    from offrl.algos.model_based_sac import OnlineRollouts
+
+    module = ready(AnyStepDataModule(flat_id, max_window=3, batch_size=16, seed=5))
+    schedule = OnlineRollouts(horizon=5, dynamics_every=10, min_horizon=1, ramp_start=0, ramp_end=10)
+    generators = schedule.refit_generators(5, torch.device("cpu"))
+    for _ in range(5):
+        want, got = module.sample(16), generators.draw(module.transitions, module.train_starts, (16,))
+        assert (got == want).all()
+    state = schedule.state_dict()
+    expected = [generators.draw(module.transitions, module.train_starts, (16,)) for _ in range(4)]
+    restored = OnlineRollouts(horizon=5, dynamics_every=10, min_horizon=1, ramp_start=0, ramp_end=10)
+    restored.load_state_dict(state)
+    torch.manual_seed(123)
+    again = restored.refit_generators(99, torch.device("cpu"))
+    assert all((again.draw(module.transitions, module.train_starts, (16,)) == want).all() for want in expected)
+
+
 def test_any_step_sampler_draws_one_batch_per_member_and_resumes_from_its_state(flat_id):
     first = ready(AnyStepDataModule(flat_id, max_window=3, members=5, batch_size=8, seed=4))
     assert first.sample(8)["observation"].shape == (5, 8, 11)

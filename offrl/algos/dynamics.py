@@ -9,7 +9,8 @@ every member's own best parameters and stops once no member has improved for tha
   (`model.dynamics_checkpoint`). Every checkpoint holds the fitted model so far (`fitted_dynamics`: the best
   hold-out parameters, elites chosen) and whether the fit has ended.
 - `fit_dynamics` is the same fit as a plain loop on transitions in memory: online model-based SAC (MBPO,
-  ADMPO-ON) refits its model this way every few env steps, inside its training step.
+  ADMPO-ON) refits its model this way every few env steps, inside its training step. Both draw their batches
+  with offrl.data.windows.draw_windows.
 
 The loss of one batch of windows, for predicted mean mu and log-variance v of the target y = (s_{i+k} - s_i, r):
     L = mean((mu - y)^2 * exp(-v) + v) (+ the model's own terms: log-variance bounds, MOPO's weight decay)
@@ -28,7 +29,7 @@ from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 from offrl.algos.base import OfflineAlgorithm
-from offrl.data.windows import split_window_starts, window_targets
+from offrl.data.windows import WindowGenerators, split_window_starts, window_targets
 from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 from offrl.models.any_step import AnyStepModel
@@ -312,13 +313,14 @@ class EnsembleDynamics(DynamicsFit):
 # -- the same fit as a plain loop (online refits) ---------------------------------------------------------
 
 
-def fit_epoch(model: DynamicsModel, transitions: TensorDict, starts: list[torch.Tensor], updates: int, batch_size: int, optimizer) -> None:
-    """`updates` Adam steps, each on windows of one k ~ U{1..max_window}."""
+def fit_epoch(
+    model: DynamicsModel, transitions: TensorDict, starts: list[torch.Tensor], updates: int, batch_size: int,
+    optimizer, generators: WindowGenerators,
+) -> None:
+    """`updates` Adam steps, each on windows of one k ~ U{1..max_window} (drawn by offrl.data.windows.draw_windows)."""
     for _ in range(updates):
-        k = int(torch.randint(1, len(starts) + 1, ()))  # drawn on the host: no device sync
-        first = starts[k - 1][torch.randint(len(starts[k - 1]), model.window_draw_shape(batch_size), device=starts[k - 1].device)]
-        start_obs, actions, target = window_targets(transitions, first, k)
-        loss = model.loss(*model.predict_window(start_obs, actions), target)
+        batch = generators.draw(transitions, starts, model.window_draw_shape(batch_size))
+        loss = model.loss(*model.predict_window(batch["observation"], batch["window_actions"]), batch["target"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -329,8 +331,10 @@ def updates_per_epoch(settings: FitSettings, train_starts: list[torch.Tensor]) -
     return settings.updates_per_epoch or max(len(train_starts[0]) // settings.batch_size, 1) * len(train_starts)
 
 
-def fit_dynamics(model: DynamicsModel, transitions: TensorDict, settings: FitSettings, progress: bool = True) -> list[float]:
-    """Fit `model` on `transitions` in this process (the global RNG draws the windows) until `settings.patience`
+def fit_dynamics(
+    model: DynamicsModel, transitions: TensorDict, settings: FitSettings, generators: WindowGenerators, progress: bool = True,
+) -> list[float]:
+    """Fit `model` on `transitions` in this process (`generators` draw the windows) until `settings.patience`
     epochs bring no better hold-out error; returns the mean hold-out error of every epoch. The model ends with its
     best hold-out parameters (per member for an ensemble), then `model.after_fit` (elites)."""
     train_starts, holdout_starts = split_window_starts(
@@ -343,7 +347,7 @@ def fit_dynamics(model: DynamicsModel, transitions: TensorDict, settings: FitSet
     model.train()
     epochs = tqdm(desc="fitting the dynamics model", unit="epoch", disable=not progress, dynamic_ncols=True)
     while since_best < settings.patience and (settings.max_epochs is None or len(history) < settings.max_epochs):
-        fit_epoch(model, transitions, train_starts, updates, settings.batch_size, optimizer)
+        fit_epoch(model, transitions, train_starts, updates, settings.batch_size, optimizer, generators)
         errors = holdout_errors(model, transitions, holdout_starts).cpu()  # one sync per epoch
         history.append(errors.mean().item())
         improved = improved_members(errors, best_errors, settings.improvement)

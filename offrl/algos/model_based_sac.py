@@ -11,15 +11,15 @@ rolled out in the model from `rollout_batch_size` real states. Two schedules:
   it over: `use_fitted_dynamics`; kept in the checkpoint); every `rollout_every` updates a round of
   `rollout_horizon` model steps with reward r - penalty_coef * penalty.
 - `OnlineRollouts` (MBPO, ADMPO-ON): offrl.callbacks.online.OnlineInteraction fills a ReplayDataModule; every
-  `dynamics_every` env steps the model is refitted on all the data so far (continuing from its weights) and a
-  round of unpenalised roll-outs starts, its horizon ramped from `min_rollout_horizon` to `rollout_horizon`
-  (MBPO's schedule).
+  `dynamics_every` env steps the model is refitted on all the data so far (continuing from its weights; its windows
+  drawn from the schedule's own seeded streams, kept in the checkpoint) and a round of unpenalised roll-outs
+  starts, its horizon ramped from `min_rollout_horizon` to `rollout_horizon` (MBPO's schedule).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from tensordict import TensorDict
 from offrl.algos.base import OfflineAlgorithm, check_td_settings
 from offrl.algos.dynamics import DynamicsFit, FitSettings, fit_dynamics
 from offrl.algos.sac import SACAgent, SACUpdates
-from offrl.data.windows import window_starts
+from offrl.data.windows import WindowGenerators, window_starts
 from offrl.dataset_info import DatasetInfo
 from offrl.envs.termination import termination_fn
 from offrl.errors import OffrlError
@@ -78,6 +78,8 @@ class OnlineRollouts:
     ramp_start: int
     ramp_end: int
     model_env_steps: int | None = None  # env steps when the model was last fitted
+    window_generators: WindowGenerators | None = field(default=None, repr=False)  # the refits' draws, from the first refit
+    saved_window_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # restored before the first refit
     online = True
     penalty_coef = None
 
@@ -99,11 +101,22 @@ class OnlineRollouts:
         progress = min(max((env_steps - self.ramp_start) / span, 0.0), 1.0)
         return int(self.min_horizon + progress * (self.horizon - self.min_horizon))
 
+    def refit_generators(self, seed: int, device: torch.device) -> WindowGenerators:
+        """The window streams of the refits: seeded at the first refit, or restored from a checkpoint."""
+        if self.window_generators is None:
+            self.window_generators = WindowGenerators(seed, device)
+            if self.saved_window_state is not None:
+                self.window_generators.load_state_dict(self.saved_window_state)
+                self.saved_window_state = None
+        return self.window_generators
+
     def state_dict(self) -> dict[str, Any]:
-        return {"model_env_steps": self.model_env_steps}
+        windows = self.window_generators.state_dict() if self.window_generators is not None else self.saved_window_state
+        return {"model_env_steps": self.model_env_steps, "refit_window_generators": windows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model_env_steps = state.get("model_env_steps")
+        self.saved_window_state, self.window_generators = state.get("refit_window_generators"), None
 
 
 def check_unpenalised(penalty_coef: float) -> None:
@@ -300,7 +313,8 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
             return
         stored = self.datamodule.stored()
         self.dynamics.fit_normalizers(stored["observation"], stored["action"])
-        history = fit_dynamics(self.dynamics, stored, self.fit_settings(), progress=False)
+        generators = self.schedule.refit_generators(self.datamodule.seed + self.global_rank, stored.device)
+        history = fit_dynamics(self.dynamics, stored, self.fit_settings(), generators, progress=False)
         self.rollout_round(stored, window_starts(stored["episode_last"], self.dynamics.max_window), horizon)
         self.schedule.model_env_steps = env_steps
         self.log_now({"model/holdout_mse": history[-1], "rollout/horizon": float(horizon)})

@@ -20,7 +20,7 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
 from offrl.data import registry
-from offrl.data.windows import split_window_starts, window_batch
+from offrl.data.windows import WINDOW_SEED_OFFSET, draw_windows, split_window_starts, window_batch
 from offrl.dataset_info import DatasetInfo
 from offrl.errors import OffrlError
 from offrl.processes import gather_ranks, own_rank
@@ -487,11 +487,8 @@ class AnyStepDataModule(TransitionDataModule):
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
     def sample(self, batch_size: int) -> TensorDict:
-        k = int(torch.randint(1, self.max_window + 1, (), generator=self.window_generator))
-        starts = self.train_starts[k - 1]
         shape = (self.members, batch_size) if self.members > 1 else (batch_size,)
-        u = torch.rand(shape, generator=self.generator, device=starts.device)
-        return window_batch(self.transitions, starts[(u * len(starts)).long()], k)
+        return draw_windows(self.transitions, self.train_starts, shape, self.window_generator, self.generator)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -506,5 +503,3 @@ class AnyStepDataModule(TransitionDataModule):
         self._window_generator_state = own_rank(saved, self.trainer) if fitting and saved else None
         self.window_generator = None
 
-
-WINDOW_SEED_OFFSET = 0x5EED  # the window-length stream differs from the index stream of the same data.seed

@@ -1,5 +1,6 @@
 """Windows of k consecutive steps inside one episode: the training examples of a dynamics model, and the real
-history a roll-out starts from. The AnyStepDataModule samples its batches with these; roll-outs find their starts."""
+history a roll-out starts from. `draw_windows` draws every training batch of windows (the AnyStepDataModule's and
+an online refit's); roll-outs find their starts with `window_starts`."""
 
 from __future__ import annotations
 
@@ -33,6 +34,43 @@ def window_batch(transitions: TensorDict, first: torch.Tensor, k: int) -> Tensor
     `window_actions` [*S, k, act] and `target` [*S, obs + 1] (delta s over the window, last reward)."""
     start_obs, actions, target = window_targets(transitions, first, k)
     return TensorDict({"observation": start_obs, "window_actions": actions, "target": target}, batch_size=first.shape)
+
+
+def draw_windows(
+    transitions: TensorDict,
+    train_starts: list[torch.Tensor],
+    shape: tuple[int, ...],
+    length_generator: torch.Generator,
+    start_generator: torch.Generator,
+) -> TensorDict:
+    """A batch of windows (window_batch) of one length k ~ U{1..len(train_starts)}, drawn on the host from
+    `length_generator` (a draw on a device would wait for it at every batch), and `shape` starts drawn uniformly
+    from train_starts[k - 1] with `start_generator` (on the starts' device)."""
+    k = int(torch.randint(1, len(train_starts) + 1, (), generator=length_generator))
+    starts = train_starts[k - 1]
+    u = torch.rand(shape, generator=start_generator, device=starts.device)
+    return window_batch(transitions, starts[(u * len(starts)).long()], k)
+
+
+WINDOW_SEED_OFFSET = 0x5EED  # the window-length stream differs from the start stream of the same seed
+
+
+class WindowGenerators:
+    """The two streams draw_windows reads, seeded together: window lengths (host) and window starts (`device`)."""
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu"):
+        self.lengths = torch.Generator().manual_seed(WINDOW_SEED_OFFSET + seed)
+        self.starts = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(self, transitions: TensorDict, train_starts: list[torch.Tensor], shape: tuple[int, ...]) -> TensorDict:
+        return draw_windows(transitions, train_starts, shape, self.lengths, self.starts)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"lengths": self.lengths.get_state(), "starts": self.starts.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.lengths.set_state(state["lengths"])
+        self.starts.set_state(state["starts"])
 
 
 def split_window_starts(
