@@ -1,6 +1,17 @@
 """Compounding error and uncertainty quality of ADM vs a bootstrapping RNN vs an MLP ensemble (ADMPO, arXiv 2405.17031).
 
-1. Prediction error vs horizon (1..H): from real states of held-out episodes, each model is rolled forward
+The models are fitted once, by `offrl fit` (a fit alone, configs/dynamics/, or an offline run's
+<run>/dynamics/checkpoints/last.ckpt), and read from their checkpoints:
+
+    offrl fit --config configs/dynamics/adm-hopper-medium.yaml          # official early stopping
+    offrl fit --config configs/dynamics/ensemble-hopper-medium.yaml
+    python benchmarks/compounding_error.py --adm logs/adm/hopper-medium/version_0/checkpoints/last.ckpt \
+        --ensemble logs/ensemble/hopper-medium/version_0/checkpoints/last.ckpt
+
+Both must be fitted on one dataset. The evaluation data is the fits' hold-out set (the last transitions of the
+dataset, which no fit trained on; the shorter of the two when they differ).
+
+1. Prediction error vs horizon (1..H): from real states of the hold-out set, each model is rolled forward
    open-loop on the recorded actions, predicting with its means; the error at h is the mean squared error (over
    state dimensions, raw units) between the predicted and the recorded s_{t+h}.
    - ADM (random backtracking): starts after m-1 real steps of history; each step draws k ~ U{1..min(history, m)}.
@@ -25,30 +36,19 @@ import argparse
 import datetime
 import json
 import sys
-import time
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from offrl.checkpoints import read_checkpoint
 from offrl.data import registry
-from offrl.models.any_step import AnyStepModel
-from offrl.models.ensemble import EnsembleModel
-from offrl.algos.dynamics import FitSettings, fit_dynamics
-from offrl.data.windows import WindowGenerators, window_starts
+from offrl.data.windows import window_starts
+from offrl.errors import OffrlError
 from offrl.objectives.dynamics import any_step_penalty, ensemble_penalty
 
 REPORT_HORIZONS = (1, 5, 10, 20, 50, 100)
-
-
-def split_episodes(transitions, heldout_episodes: int):
-    """(train transitions, held-out transitions): the last `heldout_episodes` episodes are held out."""
-    episode = transitions["episode"]
-    cut = int(torch.nonzero(episode == episode.unique()[-heldout_episodes])[0])
-    heldout = transitions[cut:].clone()
-    heldout["episode_last"] -= cut  # flat indices into the held-out part
-    return transitions[:cut], heldout
 
 
 def start_points(heldout, history: int, horizon: int, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -122,47 +122,61 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return pearson(np.argsort(np.argsort(x[ok])).astype(float), np.argsort(np.argsort(y[ok])).astype(float))
 
 
+def load_fitted(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The fitted model in a fit's checkpoint (its best hold-out parameters) and what the fit recorded."""
+    from offrl.algos import dynamics as fits
+
+    checkpoint = read_checkpoint(path, map_location="cpu")
+    saved, made = checkpoint.get("dynamics_fit") or {}, checkpoint.get("offrl") or {}
+    if not saved.get("fitted_dynamics"):
+        raise OffrlError(f"{path} holds no fitted dynamics model; give a fit's last.ckpt (configs/dynamics/ or <run>/dynamics/checkpoints/)")
+    fit_class = getattr(fits, made.get("algorithm", "").rsplit(".", 1)[-1], None)
+    if fit_class not in (fits.AnyStepDynamics, fits.EnsembleDynamics):
+        raise OffrlError(f"{path} was made by {made.get('algorithm')}, not AnyStepDynamics or EnsembleDynamics")
+    fit = fit_class(**{key: value for key, value in checkpoint["hyper_parameters"].items() if not key.startswith("_")})
+    state = saved["fitted_dynamics"]
+    model = fit.build_model(state["obs_normalizer.mean"].shape[-1], state["action_normalizer.mean"].shape[-1])
+    model.load_state_dict(state)
+    record = {
+        "checkpoint": str(path), "dataset_id": made.get("dataset_id"), "data": checkpoint.get("datamodule_hyper_parameters") or {},
+        "finished": bool(saved.get("finished")), "epochs": int(saved.get("epochs", 0)), "updates": int(checkpoint.get("global_step", 0)),
+        "best_holdout_mse": float(saved["best_errors"].mean()),
+    }
+    return model.to(device).eval(), record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="offrl/mujoco/hopper/medium-v0")
-    parser.add_argument("--generate-steps", type=int, default=None, help="size of a missing offrl/ dataset (default full, 1M)")
+    parser.add_argument("--adm", type=Path, required=True, help="checkpoint of a fitted ADM (AnyStepDynamics)")
+    parser.add_argument("--ensemble", type=Path, required=True, help="checkpoint of a fitted ensemble (EnsembleDynamics)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--horizon", type=int, default=100)
     parser.add_argument("--corr-horizon", type=int, default=20)
-    parser.add_argument("--max-window", type=int, default=5, help="m of ADM")
-    parser.add_argument("--heldout-episodes", type=int, default=10)
-    parser.add_argument("--starts", type=int, default=1000)
-    parser.add_argument("--dynamics-max-epochs", type=int, default=None, help="default: early stopping only")
-    parser.add_argument("--dynamics-updates-per-epoch", type=int, default=None)
-    parser.add_argument("--reduced", action="store_true", help="CPU budget: 30k-step dataset, 6 epochs of 100 updates, 200 starts")
+    parser.add_argument("--starts", type=int, default=1000, help="at most this many start states from the hold-out set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compounding_error.md")
     args = parser.parse_args()
-    if args.reduced:
-        args.generate_steps = args.generate_steps or 30000
-        args.dynamics_max_epochs = args.dynamics_max_epochs or 6
-        args.dynamics_updates_per_epoch = args.dynamics_updates_per_epoch or 100
-        args.starts = min(args.starts, 200)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    transitions, info = registry.load(args.dataset, args.generate_steps, None, args.seed)
-    train, heldout = split_episodes(transitions, args.heldout_episodes)
-    train, heldout = train.to(device), heldout.to(device)
-    obs_dim, action_dim, m = info.observation_dim, info.action_dim, args.max_window
-
-    timings = {}
-    adm = AnyStepModel(obs_dim, action_dim, m).to(device)
-    ensemble = EnsembleModel(obs_dim, action_dim).to(device)
-    for name, model, lr in (("adm", adm, 3e-4), ("ensemble", ensemble, 1e-3)):
-        model.fit_normalizers(train["observation"], train["action"])
-        start = time.perf_counter()
-        settings = FitSettings(lr=lr, max_epochs=args.dynamics_max_epochs, updates_per_epoch=args.dynamics_updates_per_epoch)
-        history = fit_dynamics(model, train, settings, WindowGenerators(args.seed, device))
-        timings[name] = {"seconds": time.perf_counter() - start, "epochs": len(history), "best_holdout_mse": min(history)}
-        model.eval()
+    adm, adm_fit = load_fitted(args.adm, device)
+    ensemble, ensemble_fit = load_fitted(args.ensemble, device)
+    if adm_fit["dataset_id"] != ensemble_fit["dataset_id"]:
+        raise OffrlError(f"the models were fitted on {adm_fit['dataset_id']} and {ensemble_fit['dataset_id']}; fit both on one dataset")
+    data = adm_fit["data"]
+    transitions, info = registry.load(adm_fit["dataset_id"], data.get("generate_steps"), data.get("generate_episodes"), data.get("seed", 0))
+    size = transitions.batch_size[0]
+    # Every fit trained only on windows before its hold-out set: the evaluation data starts after both.
+    train_end = max(size - min(int(fit["data"].get("holdout_fraction", 0.2) * size), fit["data"].get("max_holdout", 1000))
+                    for fit in (adm_fit, ensemble_fit))
+    heldout = transitions[train_end:].clone()
+    heldout["episode_last"] -= train_end
+    heldout = heldout.to(device)
+    m = adm.max_window
 
     generator = torch.Generator().manual_seed(args.seed)
     t0 = start_points(heldout.cpu(), m - 1, args.horizon, args.starts, generator).to(device)
+    if len(t0) == 0:
+        raise OffrlError(f"the hold-out set ({size - train_end} transitions) has no {m - 1 + args.horizon}-step stretch inside one episode; lower --horizon")
     simulator = Simulator(info.eval_env_spec.id)
     results = {}
     # adm_dropout: the same ADM predicting with dropout on, as the official code does (it never calls eval()).
@@ -180,35 +194,35 @@ def main() -> None:
 
     summary = {
         "benchmark": "compounding_error",
-        "dataset": args.dataset,
-        "transitions": transitions.batch_size[0],
-        "heldout_episodes": args.heldout_episodes,
+        "dataset": adm_fit["dataset_id"],
+        "transitions": size,
+        "heldout_transitions": size - train_end,
         "starts": len(t0),
         "device": str(device),
-        "reduced": args.reduced,
-        "model_fit": timings,
+        "model_fit": {"adm": adm_fit, "ensemble": ensemble_fit},
         **{f"{kind}_error_h{h}": r["error_vs_horizon"][h - 1] for kind, r in results.items() for h in REPORT_HORIZONS if h <= args.horizon},
         **{f"{kind}_{c}": r[c] for kind, r in results.items() for c in ("pearson", "spearman")},
     }
-    write_report(args, summary, results, transitions.batch_size[0], len(t0))
+    write_report(args, summary, results)
     (args.out.with_suffix(".json")).write_text(json.dumps({"summary": summary, "curves": {k: r["error_vs_horizon"] for k, r in results.items()}}))
     print(json.dumps(summary))
 
 
-def write_report(args, summary, results, size, starts) -> None:
+def write_report(args, summary, results) -> None:
     horizons = [h for h in REPORT_HORIZONS if h <= args.horizon]
-    fits = ", ".join(f"{kind} {fit['seconds']:.0f}s/{fit['epochs']} epochs" for kind, fit in summary["model_fit"].items())
+    fits = summary["model_fit"]
+    described = "; ".join(
+        f"{kind}: {fit['epochs']} epochs ({fit['updates']} updates), best hold-out MSE {fit['best_holdout_mse']:.4g}"
+        f"{'' if fit['finished'] else ', STOPPED BEFORE ITS EARLY STOPPING'} (`{fit['checkpoint']}`)"
+        for kind, fit in fits.items()
+    )
     lines = [
         "# Compounding error and uncertainty quality (ADM vs bootstrapping RNN vs MLP ensemble)",
         "",
-        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: {args.device}; seed {args.seed}; "
-        f"{'full budget' if args.dynamics_max_epochs is None and args.dynamics_updates_per_epoch is None else 'REDUCED CPU budget'}.",
-        f"- Data: `{args.dataset}`, {size} transitions (generated locally, {args.generate_steps or 'full'} steps); the last "
-        f"{args.heldout_episodes} episodes are held out; {starts} start states from them.",
-        f"- Models: ADM (m = {args.max_window}, 3-layer GRU 200, 4 residual blocks), the same GRU with k = 1 as the "
-        "bootstrapping RNN, a 7-member (5 elites) MLP ensemble 4x200. Training: "
-        f"max epochs {args.dynamics_max_epochs or 'early stopping (25)'}, updates/epoch {args.dynamics_updates_per_epoch or 'N/256*m'}; "
-        f"fit times {fits}.",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: {args.device}; seed {args.seed}.",
+        f"- Data: `{summary['dataset']}`, {summary['transitions']} transitions; evaluated on the fits' hold-out set, the last "
+        f"{summary['heldout_transitions']} transitions; {summary['starts']} start states from it.",
+        f"- Models, fitted by `offrl fit`: {described}. The bootstrapping RNN is ADM's GRU with k = 1.",
         f"- Command: `python {' '.join(sys.argv)}`",
         "",
         "## Prediction error vs horizon (MSE per state dimension, open loop on recorded actions, mean predictions)",
@@ -237,8 +251,8 @@ def write_report(args, summary, results, size, starts) -> None:
         "",
         "Paper: correlation 0.98 (ADM) vs 0.94 (ensemble); a third-party reproduction found 0.64. What differs from the "
         "paper's Figure 4 setup, as far as the paper and the official code show: D4RL's hopper data there, offrl's "
-        "regenerated Gymnasium-v5 data here; models trained to early stopping there, to the budget stated above here; "
-        "the paper does not publish its correlation script, so the error definition above is offrl's.",
+        "regenerated Gymnasium-v5 data here; the paper does not publish its correlation script, so the error "
+        "definition and the evaluation data above are offrl's.",
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,4 +260,7 @@ def write_report(args, summary, results, size, starts) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OffrlError as err:
+        sys.exit(f"offrl: error: {err}")

@@ -219,3 +219,52 @@ def test_a_model_fitted_alone_from_its_shipped_config_serves_a_run_and_is_checke
     assert f"using the dynamics model fitted in {fitted}" in capsys.readouterr().err
     assert fit("--config", str(shipped), *tiny, "--data.max_window", "3") == 1
     assert error_line(capsys).startswith("offrl: error: data.max_window is 3 but the model needs 2; set data.max_window 2")
+
+
+def test_an_online_run_starts_its_first_refit_from_a_model_fitted_on_its_envs_data(datasets, in_tmp_dir, monkeypatch, capsys):
+    """ADMPO-ON takes a model fitted offline on data of its env (same shape; its own refit settings) and its first
+    refit continues from those weights; another shape or env is refused in one sentence."""
+    import offrl.algos.model_based_sac as model_based
+    from offrl.checkpoints import read_checkpoint
+
+    root = Path(__file__).parents[1] / "configs"
+    shape = ("--model.max_window", "2", "--model.dynamics_hidden_dim", "8", "--model.dynamics_gru_layers", "1",
+             "--model.dynamics_residual_blocks", "1")
+    quiet = ("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "5")
+    assert fit("--config", str(root / "dynamics" / "adm-hopper-medium.yaml"), *shape, *quiet, "--data.max_window", "2",
+               "--model.dynamics_max_epochs", "2", "--data.steps_per_epoch", "5", "--data.dataset_id", DATASET) == 0
+    fitted = in_tmp_dir / "logs" / "adm" / "fitted-hopper" / "version_0" / "checkpoints" / "last.ckpt"
+    fitted_state = read_fit(fitted)["fitted_dynamics"]
+
+    at_first_refit = []
+    refit = model_based.fit_dynamics
+
+    def recording_refit(dynamics, *args, **kwargs):
+        at_first_refit.append({name: tensor.clone() for name, tensor in dynamics.state_dict().items()})
+        return refit(dynamics, *args, **kwargs)
+
+    monkeypatch.setattr(model_based, "fit_dynamics", recording_refit)
+    online = ("--config", str(root / "admpo_on" / "hopper.yaml"), *shape, *quiet, "--trainer.max_steps", "30",
+              "--data.steps_per_epoch", "30", "--trainer.callbacks.warmup_steps", "60", "--model.hidden_dims", "[16]",
+              "--model.dynamics_updates_per_epoch", "2", "--model.dynamics_max_epochs", "1", "--model.rollout_batch_size", "8",
+              "--model.dynamics_every", "20", "--evaluation.num_episodes", "1", "--evaluation.num_envs", "1",
+              "--model.dynamics_lr", "0.001")  # its own refit settings
+    capsys.readouterr()
+    assert fit(*online, "--model.dynamics_checkpoint", str(fitted)) == 0
+    assert f"offrl: using the dynamics model fitted in {fitted}; its first refit starts from it" in capsys.readouterr().err
+    first = at_first_refit[0]
+    weights = [name for name in fitted_state if "normalizer" not in name]
+    assert weights and all(torch.equal(first[name], fitted_state[name]) for name in weights)
+
+    at_first_refit.clear()
+    assert fit(*online) == 0  # without it, the first refit starts from fresh weights
+    assert not all(torch.equal(at_first_refit[0][name], fitted_state[name]) for name in weights)
+
+    assert fit(*online, "--model.dynamics_hidden_dim", "16", "--model.dynamics_checkpoint", str(fitted)) == 1
+    assert f"model.dynamics_checkpoint {fitted} cannot serve this run (model.dynamics_hidden_dim 8 -> 16)" in error_line(capsys)
+    walker = in_tmp_dir / "walker.ckpt"
+    checkpoint = read_checkpoint(fitted)
+    checkpoint["offrl"]["env_id"] = "Walker2d-v5"
+    torch.save(checkpoint, walker)
+    assert fit(*online, "--model.dynamics_checkpoint", str(walker)) == 1
+    assert "(its model was fitted on data of Walker2d-v5, not Hopper-v5)" in error_line(capsys)

@@ -366,9 +366,12 @@ class OfflineAlgorithm(L.LightningModule):
         checkpoint["loss_window"] = dict(self._loss_window)
         # What made the checkpoint, so that a run of another algorithm or dataset refuses it (offrl.cli).
         datamodule = self.trainer.datamodule if self._trainer is not None else None
+        info = getattr(datamodule, "info", None)
+        spec = (info.eval_env_spec or info.env_spec) if info is not None else None
         checkpoint["offrl"] = {
             "algorithm": f"{type(self).__module__}.{type(self).__qualname__}",
             "dataset_id": getattr(datamodule, "dataset_id", None),
+            "env_id": spec.id if spec is not None else None,  # an online run may start from a model fitted on its env's data
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

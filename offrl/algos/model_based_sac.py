@@ -42,6 +42,8 @@ DYNAMICS_DATA_SETTINGS = {
     "dynamics_batch_size": "batch_size", "dynamics_holdout_fraction": "holdout_fraction",
     "dynamics_max_holdout": "max_holdout", "dynamics_updates_per_epoch": "steps_per_epoch",
 }
+# How a model is fitted, as opposed to its shape.
+FIT_SETTINGS = {*DYNAMICS_DATA_SETTINGS, "dynamics_lr", "dynamics_patience", "dynamics_improvement", "dynamics_max_epochs"}
 
 
 @dataclass
@@ -181,9 +183,10 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
             rollout_batch_size: roll-outs started per round.
             retain_rounds: roll-out rounds the model buffer holds.
             name: run name for logs/<name>/<dataset>/ (default: the algorithm's).
-            dynamics_checkpoint: a checkpoint of an earlier offline run of this algorithm on this dataset with the
-                same dynamics settings: its fitted model is used instead of fitting one (seeds of a study can share
-                one fit; the CLI reads and checks the file and hands the model over through `use_fitted_dynamics`).
+            dynamics_checkpoint: a fitted model (a fit's last.ckpt) with this algorithm's dynamics settings. Offline
+                (same dataset, same settings): it is used instead of fitting one, so seeds of a study share one fit.
+                Online (a model of the same shape fitted on data of the same env): the first refit starts from it.
+                The CLI reads and checks the file and hands the model over through `use_fitted_dynamics`.
         """
         super().__init__()
         for name_, value in (("rollout_horizon", rollout_horizon), ("rollout_every", rollout_every),
@@ -228,6 +231,8 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
             # The replay buffer is still empty: the model's statistics come with its data, and an env without a
             # termination rule is refused (no data yet shows whether it terminates).
             self.build_networks(info)
+            if self.fitted_dynamics is not None:  # a warm start: the first refit continues from a model fitted before
+                self.dynamics.load_state_dict(self.fitted_dynamics)
             return
         self.build_networks(info, data_terminates=bool(transitions["next", "terminated"].any()))
         self.register_buffer("dynamics_trained", torch.tensor(False))  # a resumed run does not fit its model again
@@ -244,6 +249,10 @@ class ModelBasedSAC(SACUpdates, OfflineAlgorithm):
         """The settings that decide the fitted model: its architecture and how it is fitted."""
         return {key: value for key, value in self.hparams.items()
                 if (key.startswith("dynamics_") and key not in ("dynamics_checkpoint", "dynamics_every")) or key == "max_window"}
+
+    def dynamics_architecture(self) -> dict[str, Any]:
+        """The settings that decide the model's shape alone (an online run refits a given model its own way)."""
+        return {key: value for key, value in self.dynamics_settings().items() if key not in FIT_SETTINGS}
 
     def use_fitted_dynamics(self, state: dict[str, torch.Tensor]) -> None:
         """Use this dynamics-model state (a fitted model's `dynamics.*` tensors) instead of fitting one."""

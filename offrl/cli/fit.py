@@ -321,15 +321,11 @@ class OffrlCLI(LightningCLI):
         ]
 
     def hand_over_fitted_dynamics(self, path: Path) -> None:
-        """model.dynamics_checkpoint: the fitted dynamics model of an earlier run, checked against this run's
-        algorithm, dataset and dynamics settings, given to the module so that it does not fit one. (A resumed run
-        has its model in its own checkpoint.)"""
+        """model.dynamics_checkpoint: the fitted dynamics model of an earlier run or fit, checked against this run and
+        given to the module. Offline, it must come from this dataset and these dynamics settings, and the run fits
+        none; online, from data of this run's env with a model of this shape, and the first refit starts from it.
+        (A resumed run has its model in its own checkpoint.)"""
         model, dataset_id = self.model, self.datamodule.dataset_id
-        if model.schedule.online:
-            raise OffrlError(
-                f"model.dynamics_checkpoint serves offline runs (MOPO, ADMPO-OFF), but {type(model).__name__} fits its model "
-                "on the data it collects; remove the setting"
-            )
         checkpoint = read_checkpoint(path, map_location="cpu")
         made, fit_settings = checkpoint.get("offrl", {}), checkpoint.get("hyper_parameters") or {}
         data_settings = checkpoint.get("datamodule_hyper_parameters") or {}
@@ -339,20 +335,29 @@ class OffrlCLI(LightningCLI):
         problems = []
         if made.get("algorithm") != own:
             problems.append(f"it was made by {made.get('algorithm')}, not a fit of {own}")
-        if made.get("dataset_id") != dataset_id:
-            problems.append(f"its model was fitted on {made.get('dataset_id')}, not {dataset_id}")
-        problems += changed_settings(recorded, model.dynamics_settings(), "model.")
+        if model.schedule.online:
+            env_id = self.datamodule.env_id
+            if made.get("env_id") != env_id:
+                problems.append(f"its model was fitted on data of {made.get('env_id')}, not {env_id}")
+            problems += changed_settings(recorded, model.dynamics_architecture(), "model.")
+            fix = "a fit on data of this env with this model's shape"
+        else:
+            if made.get("dataset_id") != dataset_id:
+                problems.append(f"its model was fitted on {made.get('dataset_id')}, not {dataset_id}")
+            problems += changed_settings(recorded, model.dynamics_settings(), "model.")
+            fix = "a run with this algorithm, dataset and dynamics settings"
         saved = checkpoint.get("dynamics_fit") or {}
         if not problems and not (saved.get("finished") and saved.get("fitted_dynamics")):
             problems.append("its fit stopped before early stopping ended it (continue it with --ckpt_path last)")
         if problems:
             raise OffrlError(
-                f"model.dynamics_checkpoint {path} cannot serve this run ({'; '.join(problems)}); give the dynamics/checkpoints/last.ckpt "
-                "of a run with this algorithm, dataset and dynamics settings, or remove the setting to fit a model"
+                f"model.dynamics_checkpoint {path} cannot serve this run ({'; '.join(problems)}); give the "
+                f"dynamics/checkpoints/last.ckpt of {fix}, or remove the setting to fit a model"
             )
         model.use_fitted_dynamics(saved["fitted_dynamics"])
         if self.trainer.is_global_zero:
-            print(f"offrl: using the dynamics model fitted in {path}; no model fit in this run", file=sys.stderr)
+            use = "its first refit starts from it" if model.schedule.online else "no model fit in this run"
+            print(f"offrl: using the dynamics model fitted in {path}; {use}", file=sys.stderr)
 
     @staticmethod
     def tested_run_dir(checkpoint: Path) -> Path | None:
