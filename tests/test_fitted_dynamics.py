@@ -15,6 +15,7 @@ import torch
 
 from conftest import write_synthetic
 from test_checkpoint_faults import error_line
+from test_ddp_resume import DDP, needs_ddp, offrl_fit
 from test_resume import assert_same_training_state, final_state, fit, logged, run_dirs, write_config
 
 DATASET = "test/fitted/hopper-v0"
@@ -268,3 +269,29 @@ def test_an_online_run_starts_its_first_refit_from_a_model_fitted_on_its_envs_da
     torch.save(checkpoint, walker)
     assert fit(*online, "--model.dynamics_checkpoint", str(walker)) == 1
     assert "(its model was fitted on data of Walker2d-v5, not Hopper-v5)" in error_line(capsys)
+
+
+@needs_ddp
+def test_a_dynamics_fit_on_two_ddp_processes_validates_every_k_on_each_rank_and_serves_a_run(datasets, in_tmp_dir, capsys):
+    """Two CPU processes fit ADM alone: each rank draws its own windows, both count every epoch's hold-out score
+    (so they stop together), and the fitted checkpoint serves a one-process ADMPO-OFF run."""
+    from offrl.checkpoints import read_checkpoint
+
+    shipped = Path(__file__).parents[1] / "configs" / "dynamics" / "adm-hopper-medium.yaml"
+    result = offrl_fit(
+        "--config", str(shipped), "--model.max_window", "2", "--data.max_window", "2", "--model.dynamics_hidden_dim", "8",
+        "--model.dynamics_gru_layers", "1", "--model.dynamics_residual_blocks", "1", "--model.dynamics_max_epochs", "2",
+        "--data.steps_per_epoch", "5", "--data.dataset_id", DATASET, "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false", *DDP, cwd=in_tmp_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    fitted = in_tmp_dir / "logs" / "adm" / "fitted-hopper" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = read_checkpoint(fitted)
+    assert checkpoint["global_step"] == 10 and checkpoint["dynamics_fit"]["epochs"] == 2 and checkpoint["dynamics_fit"]["finished"]
+    for streams in ("generators", "window_generators"):
+        ranks = checkpoint["AnyStepDataModule"][streams]["ranks"]
+        assert len(ranks) == 2 and not torch.equal(ranks[0], ranks[1])
+    config = str(write_config(in_tmp_dir / "admpo.yaml", "admpo_off", DATASET))
+    capsys.readouterr()
+    assert fit("--config", config, "--model.init_args.dynamics_checkpoint", str(fitted)) == 0
+    assert f"using the dynamics model fitted in {fitted}" in capsys.readouterr().err
