@@ -23,8 +23,9 @@ from conftest import REACH_1D, trainer
 def test_buffer_holds_exactly_the_env_steps_taken_and_replays_them(in_tmp_dir):
     L.seed_everything(0)
     num_envs, warmup, updates = 2, 420, 30  # Pendulum episodes are 200 steps: each env crosses a reset
-    datamodule = ReplayDataModule("Pendulum-v1", batch_size=32, steps_per_epoch=updates, capacity=1000, num_envs=num_envs)
-    interaction = OnlineInteraction(warmup_steps=warmup, updates_per_env_step=2.0, seed=7)
+    # The interaction seeds its envs with the data seed when it is given none (a study's `seeds` set data.seed).
+    datamodule = ReplayDataModule("Pendulum-v1", batch_size=32, steps_per_epoch=updates, capacity=1000, num_envs=num_envs, seed=7)
+    interaction = OnlineInteraction(warmup_steps=warmup, updates_per_env_step=2.0)
     fit = trainer(updates, [interaction])
     fit.fit(SAC(hidden_dims=[16]), datamodule)
 

@@ -25,7 +25,7 @@ DATASETS = ("test/sweep-a/hopper-v0", "test/sweep-b/hopper-v0")
 
 
 def write_study(root: Path) -> Path:
-    """2 configs (16- and 32-wide BC) x 2 datasets x 2 seeds, and a third config with a misspelt setting."""
+    """2 configs (16- and 32-wide BC) x 2 datasets x 2 seeds, and a third config with a batch size of 0."""
     (root / "configs").mkdir()
     for width in (16, 32):
         config = bc_config(root / "configs" / f"bc{width}.yaml", DATASETS[0])
@@ -33,7 +33,7 @@ def write_study(root: Path) -> Path:
         settings["model"]["init_args"]["hidden_dims"] = [width, width]
         config.write_text(yaml.safe_dump(settings))
     broken = yaml.safe_load((root / "configs" / "bc16.yaml").read_text())
-    broken["model"]["init_args"]["hiden_dims"] = broken["model"]["init_args"].pop("hidden_dims")
+    broken["data"]["init_args"]["batch_size"] = 0  # parses (so the study starts) but fails when the run builds its data
     (root / "configs" / "broken.yaml").write_text(yaml.safe_dump(broken))
     study = {
         "name": "tiny",
@@ -121,7 +121,7 @@ def test_failed_trials_are_named_with_their_one_sentence(study):
     _, _, _, resumed = study
     assert resumed.returncode == 1
     failed = [line for line in resumed.stderr.splitlines() if line.startswith("offrl: trial failed:")]
-    assert len(failed) == 4 and all("broken" in line and "hiden_dims" in line and "did you mean hidden_dims" in line for line in failed)
+    assert len(failed) == 4 and all("broken" in line and "data.batch_size must be a positive integer, got 0" in line for line in failed)
     assert "4 trial(s) failed" in resumed.stderr.splitlines()[-1]
 
 
@@ -167,6 +167,11 @@ def test_study_file_mistakes_are_one_sentence(tmp_path, monkeypatch, capsys):
         Path("study.yaml").write_text(text)
         line = refused(capsys, "sweep", "study.yaml", "--dry-run")
         assert expected in line, line
+    Path("a.yaml").write_text(bc_config(tmp_path / "bc.yaml", "test/sweep/hopper-v0").read_text())  # a config that parses
+    Path("study.yaml").write_text("configs: [a.yaml]\nseeds: [0, 1]\ngrid: {model.init_args.hiden_dims: [[8], [16]]}\n")
+    line = refused(capsys, "sweep", "study.yaml")  # every trial's settings are parsed before anything starts
+    assert line.startswith("offrl: error: study study: the trials of ") and "a.yaml --model.init_args.hiden_dims '[8]' cannot start: " \
+           "model.hiden_dims is not a setting of offrl.algos.bc.BC; did you mean hidden_dims?" in line
     Path("study.yaml").write_text("configs: [a.yaml]\ntrial: {gpus: 1}\n")  # this machine has none: refused, not pending
     assert "each trial asks for trial.gpus 1 but this machine has 0" in refused(capsys, "sweep", "study.yaml", "--cpus", "1")
     assert not Path("logs").exists()
@@ -175,7 +180,7 @@ def test_study_file_mistakes_are_one_sentence(tmp_path, monkeypatch, capsys):
 
     assert offrl("sweep", "study.yaml", "--dry-run") == 0  # allowed, with a note on the sampler's seed
     assert "varies seed_everything but not data.init_args.seed, so every trial draws the same batches" in capsys.readouterr().err
-    Path("b.yaml").write_text("model: {}\n")
+    Path("b.yaml").write_text(Path("a.yaml").read_text())
     Path("study.yaml").write_text("configs: [a.yaml, {path: b.yaml, set: {model.init_args.lr: 0.001}}]\nseeds: [0, 1]\n"
                                   "grid: {model.init_args.hidden_dims: [[8], [16]]}\nset: {trainer.max_steps: 10}\n")
     assert offrl("sweep", "study.yaml", "--dry-run") == 0
@@ -207,3 +212,18 @@ def test_an_optuna_search_draws_settings_within_its_space_and_names_the_best(stu
     (best,) = [line for line in result.stdout.splitlines() if line.startswith("offrl: best final eval/normalized_score")]
     top = max(finals, key=lambda rate: last_score(finals[rate]))
     assert f"'model.init_args.lr': {top}" in best
+
+
+def test_every_shipped_study_reads_and_each_of_its_trials_parses_as_an_offrl_fit_command(monkeypatch):
+    """The study files a user runs (studies/*.yaml): each is read, and every distinct trial command line is parsed as
+    `offrl fit` parses it (sweep's own check before a study starts), so a setting its config does not take fails here."""
+    from offrl.cli.sweep import check_trials, read_study
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    studies = sorted((root / "studies").glob("*.yaml"))
+    assert len(studies) >= 6
+    for path in studies:
+        study = read_study(path.relative_to(root))
+        assert study.name == path.stem and study.trial_count() > 0
+        check_trials(study)

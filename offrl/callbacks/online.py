@@ -21,12 +21,13 @@ from offrl.errors import OffrlError
 
 
 class OnlineInteraction(L.Callback):
-    def __init__(self, warmup_steps: int = 5000, updates_per_env_step: float = 1.0, seed: int = 0):
+    def __init__(self, warmup_steps: int = 5000, updates_per_env_step: float = 1.0, seed: int | None = None):
         """
         Args:
             warmup_steps: transitions of uniformly random actions taken before the first update.
             updates_per_env_step: gradient updates per transition collected (the update-to-data ratio).
-            seed: seed of the envs and of the warm-up actions.
+            seed: seed of the envs and of the warm-up actions (None: the ReplayDataModule's data.seed, which a study's
+                `seeds` sets, so each seed of a study meets its own envs).
         """
         if warmup_steps < 0:
             raise OffrlError(f"OnlineInteraction warmup_steps must be non-negative, got {warmup_steps}")
@@ -58,6 +59,8 @@ class OnlineInteraction(L.Callback):
                 f"performance.updates_per_step 1 (got {datamodule.updates_per_step})"
             )
         datamodule._device_setup(pl_module.device)
+        if self.seed is None:
+            self.seed = datamodule.seed
         # A resumed run (a restored buffer) seeds its new envs past the episodes already taken, not from the start.
         env_seed = self.seed if datamodule.size == 0 else self.seed + datamodule.next_episode_id
         self.env = make_eval_env(datamodule.info, datamodule.num_envs, env_seed)

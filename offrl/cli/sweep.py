@@ -26,7 +26,8 @@ A study file (keys as on the `offrl fit` command line):
 Ray Tune keeps the study in <storage>/<name>/ (its experiment state and one folder per trial, with Tune's
 result.json and progress.csv); each trial's offrl run lives in that trial's folder
 (<trial>/<algorithm>/<dataset>/version_0). The same command resumes a stopped study: finished trials are kept, the
-others resume their own run from its last checkpoint.
+others resume their own run from its last checkpoint. Before anything starts, every trial's settings are parsed as
+`offrl fit` parses them (`--dry-run` does that too): a typo in a key is refused at once, not as failed trials.
 """
 
 from __future__ import annotations
@@ -254,6 +255,39 @@ def fit_args(params: dict, run_root: Path, cpus: float, resume: bool, config_set
     return args + (["--ckpt_path", "last"] if resume else [])
 
 
+def check_trials(study: Study) -> None:
+    """Every distinct trial command line (seeds aside; a search's space at its first values) parsed as `offrl fit`
+    parses it, without running anything: a setting its config's classes do not take, or a value of the wrong type,
+    is refused here in offrl's sentence, before any trial starts."""
+    import contextlib
+    import io
+
+    from offrl.cli import main
+
+    first_values = {key: next(iter(spec.values()))[0] for key, spec in study.search.space.items()} if study.search else {}
+    checked = set()
+    for params in study.grid_trials():
+        params = {**params, "seed": None, "fixed": study.fixed, "settings": {**params["settings"], **first_values}}
+        settings = trial_settings(params, study.config_settings)
+        args = ["fit", "--config", params["config"], *(part for key, value in settings.items() for part in (f"--{key}", command_value(value)))]
+        if tuple(args) in checked:
+            continue
+        checked.add(tuple(args))
+        errors = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+            try:
+                main([*args, "--print_config"])
+                code = 0
+            except SystemExit as stop:
+                code = stop.code
+        if code:
+            lines = [line for line in errors.getvalue().splitlines() if line.strip()]
+            reason = next((line.removeprefix("offrl: error: ") for line in reversed(lines) if line.startswith("offrl: error:")),
+                          lines[-1] if lines else f"exit code {code}")
+            shown = " ".join(f"--{key} {shlex.quote(command_value(value))}" for key, value in params["settings"].items())
+            raise OffrlError(f"study {study.name}: the trials of {params['config']} {shown}".rstrip() + f" cannot start: {reason}")
+
+
 def prepare_run_root(run_root: Path) -> bool:
     """Whether the trial resumes a run of its own (a checkpoint in its folder). A run folder it left without any
     checkpoint (killed before its first) holds nothing to resume and would count twice in a report: removed."""
@@ -431,6 +465,7 @@ def sweep_main(args: list[str]) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the trials and stop")
     parsed = parser.parse_args(args)
     study = read_study(parsed.study)
+    check_trials(study)
     if parsed.dry_run:
         print(dry_run(study))
         return
