@@ -67,11 +67,11 @@ def summarise(runs: list[Run], threshold_fraction: float) -> dict:
 def write_markdown(summary: dict, study: list[Path], path: Path) -> None:
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     curves = summary["curves"]
+    seeds = ", ".join(f"{name} {c['seeds']} seeds" for name, c in curves.items())
     lines = [
         "# ADMPO-ON vs SAC on Hopper-v5 (learning curves)",
         "",
-        f"Runs: {', '.join(map(str, study))} ({', '.join(f'{name} {c['seeds']} seeds' for name, c in curves.items())}); "
-        f"date {today}. Command: `python {' '.join(sys.argv)}`.",
+        f"Runs: {', '.join(map(str, study))} ({seeds}); date {today}. Command: `python {' '.join(sys.argv)}`.",
         "",
         "Mean (std) evaluation normalised score by env steps:",
         "",

@@ -21,13 +21,14 @@ import torch
 
 from offrl.dataset_info import DatasetInfo
 from offrl.envs.evaluation import evaluate
-from offrl.envs.factory import _register_robotics_envs, make_eval_env
+from offrl.envs.factory import make_eval_env
+from offrl.envs.robotics import robotics_envs
 from offrl.nn.mlp import mlp
 
 
 def info_for(env_id: str) -> DatasetInfo:
     """The DatasetInfo evaluation reads, for an env without a dataset."""
-    _register_robotics_envs()
+    robotics_envs()
     spec = gym.spec(env_id)
     env = gym.make(spec)
     space = env.observation_space

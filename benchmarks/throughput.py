@@ -36,7 +36,8 @@ import lightning as L
 import torch
 import yaml
 
-from offrl.algos.base import OfflineAlgorithm, accelerated, prepare_optimizers_for_capture
+from offrl.algos.base import OfflineAlgorithm
+from offrl.algos.compiled import accelerated, prepare_optimizers_for_capture
 from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
 from offrl.cli.dynamics import fit_dynamics_phase, needs_dynamics_fit
 from offrl.callbacks.throughput import UpdateLoop, UpdateThroughput

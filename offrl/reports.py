@@ -152,7 +152,8 @@ def read_run(run_dir: Path, notes: list[str]) -> Run:
     flat = flatten(config)
     seed = flat.get("seed_everything")
     settings = {key: value for key, value in flat.items() if key not in NOT_THE_CONFIG}
-    dataset = str(settings.get("data.init_args.dataset_id", "?"))
+    # An online run has no dataset: its env is its data.
+    dataset = str(settings.get("data.init_args.dataset_id") or settings.get("data.init_args.env_id") or "?")
     # The CLI names run folders <algorithm>/<dataset>/version_N with the algorithm's short name (iql_awr, td3bc, ...).
     if run_dir.name.startswith("version_") and len(run_dir.parts) >= 3:
         algorithm = run_dir.parent.parent.name

@@ -17,7 +17,7 @@ from conftest import trainer as quiet_trainer
 from conftest import write_synthetic
 
 from offrl.algos.admpo import ADMPOOffline
-from offrl.algos.base import let_gcc_vectorize_inductor_loops
+from offrl.algos.compiled import let_gcc_vectorize_inductor_loops
 from offrl.algos.mopo import MOPO
 from offrl.algos.bc import BC
 from offrl.algos.rsp import RSP
@@ -204,7 +204,7 @@ def test_the_inductor_compiled_update_gives_the_eager_numbers():
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64", reason="the gcc flag is set on x86-64 Linux only")
 def test_compiled_cpu_kernels_are_built_with_gcc_loop_vectorization():
-    """Without it a compiled update's ReLU masks cost ~30x their eager time (offrl.algos.base)."""
+    """Without it a compiled update's ReLU masks cost ~30x their eager time (offrl.algos.compiled)."""
     from torch._inductor import cpp_builder, cpu_vec_isa
 
     let_gcc_vectorize_inductor_loops()

@@ -169,3 +169,17 @@ def test_data_list_answers_without_the_training_imports(tmp_path):
     assert "offrl/pointmaze/umaze-100k-v0" in result.stdout and result.stdout.strip().endswith("[]")
     print(f"offrl data list: {seconds:.2f} s")
     assert seconds < 2.0
+
+
+def test_an_online_run_is_reported_under_its_env(tmp_path):
+    """An online run has no dataset id: its column is its env (data.init_args.env_id of a ReplayDataModule)."""
+    from offrl.reports import read_run
+
+    run = tmp_path / "sac" / "Hopper" / "version_0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({
+        "seed_everything": 1, "model": {"class_path": "offrl.algos.sac.SAC"},
+        "data": {"class_path": "offrl.data.replay.ReplayDataModule", "init_args": {"env_id": "Hopper-v5", "seed": 1}},
+    }))
+    read = read_run(run, [])
+    assert (read.algorithm, read.dataset, read.seed) == ("sac", "Hopper-v5", 1)
