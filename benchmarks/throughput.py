@@ -40,7 +40,7 @@ from offrl.algos.base import OfflineAlgorithm
 from offrl.algos.compiled import accelerated, prepare_optimizers_for_capture
 from offrl.callbacks.fault_tolerance import FiniteLosses, StopCheckpoint
 from offrl.cli.dynamics import fit_dynamics_phase, needs_dynamics_fit
-from offrl.callbacks.throughput import UpdateLoop, UpdateThroughput
+from offrl.callbacks.throughput import UpdateLoop, UpdateThroughput, updates_per_step
 
 ROOT = Path(__file__).resolve().parent.parent
 HOPPER = "offrl/mujoco/hopper/random-v0"  # uniform actions: generated in seconds, Hopper's 11/3 dims
@@ -260,7 +260,8 @@ def main() -> None:
 
     config = yaml.safe_load((ROOT / config_path).read_text())
     if args.updates_per_step is None:
-        args.updates_per_step = UpdateLoop(**config.get("performance", {})).updates_per_step
+        setting = UpdateLoop(**(config.get("performance") or {})).updates_per_step
+        args.updates_per_step = updates_per_step(setting, offline=True, cadences=[])  # this script sets the cadences
     if args.warmup % args.updates_per_step or args.steps % args.updates_per_step:
         parser.error(f"--warmup and --steps must be multiples of updates_per_step {args.updates_per_step}")
     result["updates_per_step"] = args.updates_per_step

@@ -264,25 +264,37 @@ def test_parallel_evaluation_returns_the_serial_numbers():
 
 
 def test_shipped_offline_configs_run_ten_updates_per_step_and_their_cadences_allow_it():
-    """Every config that trains from a dataset spreads Lightning's per-step work over 10 updates; the online ones
-    (which take env steps between updates) keep one; every "every N updates" setting is a multiple of K."""
+    """No shipped recipe repeats performance.updates_per_step: its auto default spreads Lightning's per-step work over
+    10 updates for every config that trains from a dataset (all their "every N updates" settings are multiples of 10)
+    and keeps one for the online ones, which take env steps between updates."""
+    from offrl.callbacks.throughput import updates_per_step
+
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
     checked = 0
     for path in configs:
         config = yaml.safe_load(path.read_text())
-        if "model" not in config or "trainer" not in config:
-            continue  # a layer (value_extraction/quick.yaml, opex.yaml, ...), not a whole recipe
-        # Online runs take env steps between updates; a dynamics fit's epoch is N_train / batch_size * m updates.
-        one_per_step = path.parent.name in ("sac", "admpo_on", "dynamics")
-        per_step = config.get("performance", {}).get("updates_per_step", 1)
-        assert per_step == (1 if one_per_step else 10), path
+        assert "updates_per_step" not in (config.get("performance") or {}), path
+        if "model" not in config or "trainer" not in config or path.parent.name == "dynamics":
+            continue  # a layer (value_extraction/quick.yaml, ...), or a dynamics fit (its epoch comes from the data)
+        online = path.parent.name in ("sac", "admpo_on")
         cadences = [
             config["data"]["init_args"].get("steps_per_epoch"), config.get("checkpoint", {}).get("every_n_train_steps"),
             config["trainer"].get("log_every_n_steps", 50), config["model"]["init_args"].get("rollout_every"),
         ]
-        assert all(every % per_step == 0 for every in cadences if every), path
+        assert updates_per_step("auto", not online, [every for every in cadences if every]) == (1 if online else 10), path
         checked += 1
     assert checked >= 45
+
+
+def test_auto_updates_per_step_is_ten_offline_when_every_cadence_allows_and_one_otherwise():
+    model, datamodule = BC(hidden_dims=[16]), TransitionDataModule(HOPPER, steps_per_epoch=20)
+    fit(model, datamodule, 20, UpdateLoop(), log_every=10)
+    assert datamodule.updates_per_step == 10
+    model, datamodule = BC(hidden_dims=[16]), TransitionDataModule(HOPPER, steps_per_epoch=15)
+    fit(model, datamodule, 15, UpdateLoop(), log_every=5)
+    assert datamodule.updates_per_step == 1
+    with pytest.raises(OffrlError, match="updates_per_step must be a positive integer or auto, got 'fast'"):
+        UpdateLoop(updates_per_step="fast")
 
 
 def test_evaluation_parallel_setting_reaches_the_env_built_for_fit():

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from offrl import lightning_adapter
 from offrl.cpu_threads import OtherWorkMeter, ThreadChoice, auto_threads, choose_threads, usable_cpus
+from offrl.data.replay import ReplayDataModule
 from offrl.errors import OffrlError
 
 
@@ -48,6 +49,17 @@ THREAD_CHECK_SECONDS = 30.0
 # one-graph update saves 0.6-2.6 ms per update (IQL+AWR, TD3+BC, BC) and compiles in 9-26 s with inductor's caches
 # off, so it has repaid itself well before this (benchmarks/README.md, 2026-12-03 evening).
 AUTO_COMPILE_MIN_UPDATES = 100_000
+# Updates per trainer step of an offline run when performance.updates_per_step is auto: Lightning's per-step work
+# spread over this many updates (the numbers are those of one update per step).
+AUTO_UPDATES_PER_STEP = 10
+
+
+def updates_per_step(setting: int | Literal["auto"], offline: bool, cadences: list[int]) -> int:
+    """performance.updates_per_step as a run uses it: auto is AUTO_UPDATES_PER_STEP for an offline run whose every
+    cadence (updates between evaluations, logs, checkpoints, the module's own work) is a multiple of it, else 1."""
+    if setting != "auto":
+        return setting
+    return AUTO_UPDATES_PER_STEP if offline and all(every % AUTO_UPDATES_PER_STEP == 0 for every in cadences) else 1
 
 
 class UpdateLoop(L.Callback):
@@ -58,7 +70,7 @@ class UpdateLoop(L.Callback):
 
     def __init__(
         self,
-        updates_per_step: int = 1,
+        updates_per_step: int | Literal["auto"] = "auto",
         compile: bool | Literal["auto"] = "auto",
         cuda_graphs: bool = False,
         threads: int | Literal["auto"] = "auto",
@@ -67,7 +79,9 @@ class UpdateLoop(L.Callback):
         Args:
             updates_per_step: updates (each on a fresh batch) per trainer step; more spreads the trainer's
                 per-step hooks over several updates. data.steps_per_epoch, checkpoint.every_n_train_steps and
-                trainer.log_every_n_steps (all counted in updates) must be multiples of it.
+                trainer.log_every_n_steps (all counted in updates) must be multiples of it. auto:
+                AUTO_UPDATES_PER_STEP for an offline run whose cadences are all multiples of it, else 1 (an online
+                run takes an env step between updates).
             compile: compile the whole update as one torch.compile graph (one device); auto: on for CPU runs
                 of at least AUTO_COMPILE_MIN_UPDATES updates on one process where a C++ compiler is installed.
             cuda_graphs: capture the update as one CUDA graph and replay it (cuda devices only).
@@ -75,8 +89,8 @@ class UpdateLoop(L.Callback):
                 than other work leaves idle. OMP_NUM_THREADS or MKL_NUM_THREADS, when set, win. A run keeps its
                 count for life and a resumed run takes it again (the count changes the numbers in the last bits).
         """
-        if updates_per_step < 1:
-            raise OffrlError(f"performance.updates_per_step must be a positive integer, got {updates_per_step}")
+        if updates_per_step != "auto" and not (isinstance(updates_per_step, int) and not isinstance(updates_per_step, bool) and updates_per_step >= 1):
+            raise OffrlError(f"performance.updates_per_step must be a positive integer or auto, got {updates_per_step!r}")
         if compile not in (True, False, "auto"):
             raise OffrlError(f"performance.compile must be true, false or auto, got {compile!r}")
         if threads != "auto" and not (isinstance(threads, int) and not isinstance(threads, bool) and threads > 0):
@@ -102,11 +116,12 @@ class UpdateLoop(L.Callback):
         if stage != "fit":
             return
         self.compiles = self.compile is True or (self.compile == "auto" and self.auto_compiles(trainer))
-        datamodule, per_step = trainer.datamodule, self.updates_per_step
+        datamodule = trainer.datamodule
         # Everything that happens every N updates starts on a trainer step, so N must be a multiple of K.
         cadences = [("data.steps_per_epoch", datamodule.steps_per_epoch), ("trainer.log_every_n_steps", trainer.log_every_n_steps)]
         cadences += [("checkpoint.every_n_train_steps", lightning_adapter.checkpoint_interval(c)) for c in trainer.checkpoint_callbacks]
         cadences += list(pl_module.update_cadences().items())
+        per_step = updates_per_step(self.updates_per_step, not isinstance(datamodule, ReplayDataModule), [every for _, every in cadences])
         for name, every in cadences:
             if every % per_step:
                 raise OffrlError(f"{name} {every} must be a multiple of performance.updates_per_step {per_step}")
