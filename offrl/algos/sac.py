@@ -1,7 +1,8 @@
 """Soft actor-critic (Haarnoja et al. 2018): the agent every SAC-based algorithm shares, and online SAC.
 
 `SACAgent` holds the networks and computes the three losses from one batch; the LightningModules that use it
-(online SAC here, MOPO and ADMPO in offrl/algos/admpo.py) own the optimisers, learning rates and data.
+(online SAC here; MOPO, MBPO and ADMPO through offrl/algos/model_based_sac.py) own the optimisers, learning rates
+and data.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ at `fit`'s evaluations and at `offrl test`. The trained networks are left as the
 - TTT (test-time training): before each action the actor takes `steps` gradient steps of a DDPG+BC objective on
   the states just met, against the frozen critic: maximise Q(s, pi(s)) / sg(mean |Q|) - alpha * ||pi(s) - pi_0(s)||^2,
   pi_0 the policy as trained (there are no dataset actions at test-time states, so the behaviour term keeps the
-  policy near the one the critic was trained with). The paper's own text could not be read while this was written:
-  this is the DDPG+BC-on-visited-states form the paper's summary describes, and the anchor pi_0 is our choice.
+  policy near the one the critic was trained with). This is the DDPG+BC-on-visited-states form the paper
+  describes; the anchor pi_0 is offrl's choice.
 
 Turn them on from a config or the command line, e.g.
     offrl test --config configs/iql_ddpgbc/hopper-medium.yaml --ckpt_path last \

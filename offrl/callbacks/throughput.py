@@ -45,9 +45,8 @@ class UpdateThroughput(L.Callback):
 THREAD_FIRST_CHECK_SECONDS = 5.0
 THREAD_CHECK_SECONDS = 30.0
 
-# performance.compile auto compiles CPU runs of at least this many updates. On a 2-core CPU at the paper sizes the
-# one-graph update saves 0.6-2.6 ms per update (IQL+AWR, TD3+BC, BC) and compiles in 9-26 s with inductor's caches
-# off, so it has repaid itself well before this (benchmarks/README.md, 2026-12-03 evening).
+# performance.compile auto compiles CPU runs of at least this many updates: at the paper sizes the one-graph
+# update's saving per update repays its compile time well before this (measured in benchmarks/README.md).
 AUTO_COMPILE_MIN_UPDATES = 100_000
 # Updates per trainer step of an offline run when performance.updates_per_step is auto: Lightning's per-step work
 # spread over this many updates (the numbers are those of one update per step).

@@ -100,8 +100,8 @@ class AnyStepModel(nn.Module):
 
     def predict_every_k(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """predict_from_history for every k in 1..L: absolute means, log-variances [L, B, obs + 1] (row k-1: k).
-        One GRU call per window length: on a CPU that is 1.3x faster than one packed call over all L windows
-        (which sorts, permutes and steps a shrinking batch), with the same numbers."""
+        One GRU call per window length: on a CPU that is faster than one packed call over all L windows (which
+        sorts, permutes and steps a shrinking batch), with the same numbers."""
         predictions = [self.predict_from_history(observations, actions, k) for k in range(1, observations.shape[1] + 1)]
         return torch.stack([mean for mean, _ in predictions]), torch.stack([logvar for _, logvar in predictions])
 

@@ -14,9 +14,8 @@ import torch
 
 # Roll-out rows per model call on a CPU. All rows at once, a round's activations are fresh memory at every layer
 # ([7, 50000, 200] is 280 MB for MOPO's ensemble; glibc maps anything over 32 MB anew at each allocation), and
-# each page of it faults on first touch (3.1-3.8 us a page on this project's VMs); chunks of 128 rows stay in
-# cache and reuse freed memory. benchmarks/model_round.py, 1 thread: MOPO's round of 50,000 starts 16.9-17.4 s ->
-# 10.6-11.0 s (2026-12-07); ADM's round of 2,000 starts 3.7 -> 3.0 s (2026-12-02).
+# each page of it faults on first touch; chunks of 128 rows stay in cache and reuse freed memory (timed by
+# benchmarks/model_round.py; figures in benchmarks/README.md).
 CPU_ROLLOUT_CHUNK_ROWS = 128
 
 

@@ -7,9 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch.optim.adam import adam as functional_adam
 
-# Devices with torch's fused Adam kernel: one pass over each parameter instead of ~10 foreach ops (one CPU
-# thread, in-process blocks of 50 updates, 2026-12-03: TD3+BC 10.7 -> 8.8 ms, IQL+AWR 14.2 -> 13.0 ms). Same
-# formula and defaults as foreach Adam (tests/test_optim.py).
+# Devices with torch's fused Adam kernel: one pass over each parameter instead of ~10 foreach ops (faster per
+# update; figures in benchmarks/README.md). Same formula and defaults as foreach Adam (tests/test_optim.py).
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
