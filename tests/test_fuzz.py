@@ -1,9 +1,11 @@
 """Random shapes and dtypes into the D4RL importer and the Minari loader: every input either loads with its content
-intact or is refused with OffrlError, never another exception."""
+intact or is refused with OffrlError, never another exception; and both happen (a loader that refused everything,
+or took everything, would fail here)."""
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 
 import h5py
 import numpy as np
@@ -18,6 +20,7 @@ from offrl.errors import OffrlError
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 DTYPES = st.sampled_from([np.float16, np.float32, np.float64, np.int32, np.uint8, np.bool_])
 ids = itertools.count()
+OUTCOMES: dict[str, Counter] = {"d4rl": Counter(), "minari": Counter()}
 
 
 @st.composite
@@ -46,9 +49,15 @@ def d4rl_files(draw):
     return arrays
 
 
+def test_d4rl_importer_loads_or_refuses(tmp_path_factory):
+    OUTCOMES["d4rl"].clear()
+    d4rl_importer_loads_or_refuses(tmp_path_factory=tmp_path_factory)
+    assert OUTCOMES["d4rl"]["loaded"] >= 5 and OUTCOMES["d4rl"]["refused"] >= 5, OUTCOMES["d4rl"]
+
+
 @FUZZ
 @given(arrays=d4rl_files())
-def test_d4rl_importer_loads_or_refuses(arrays, tmp_path_factory):
+def d4rl_importer_loads_or_refuses(arrays, tmp_path_factory):
     path = tmp_path_factory.mktemp("d4rl") / "file.hdf5"
     with h5py.File(path, "w") as f:
         for key, value in arrays.items():
@@ -59,8 +68,10 @@ def test_d4rl_importer_loads_or_refuses(arrays, tmp_path_factory):
         transitions, _ = registry.load(dataset_id)
     except OffrlError:
         event("refused")
+        OUTCOMES["d4rl"]["refused"] += 1
         return
     event("loaded")
+    OUTCOMES["d4rl"]["loaded"] += 1
     # Loaded: every stored transition is a row of the file, in order, with its action and reward.
     observations = arrays["observations"].astype(np.float32)
     ends = arrays["terminals"].astype(bool).reshape(-1) | arrays["timeouts"].astype(bool).reshape(-1)
@@ -104,9 +115,15 @@ def mutate(array: np.ndarray, how) -> np.ndarray | None:
     return array.astype(how)
 
 
+def test_minari_loader_loads_or_refuses():
+    OUTCOMES["minari"].clear()
+    minari_loader_loads_or_refuses()
+    assert OUTCOMES["minari"]["loaded"] >= 5 and OUTCOMES["minari"]["refused"] >= 5, OUTCOMES["minari"]
+
+
 @FUZZ
 @given(mutations=episode_mutations())
-def test_minari_loader_loads_or_refuses(mutations):
+def minari_loader_loads_or_refuses(mutations):
     dataset_id = f"fuzz/minari/data{next(ids)}-v0"
     write_synthetic(dataset_id, [3, 4])
     main_file = minari_io.dataset_path(dataset_id) / "data" / "main_data.hdf5"
@@ -128,8 +145,10 @@ def test_minari_loader_loads_or_refuses(mutations):
         transitions, _ = registry.load(dataset_id)
     except OffrlError:
         event("refused")
+        OUTCOMES["minari"]["refused"] += 1
         return
     event("loaded")
+    OUTCOMES["minari"]["loaded"] += 1
     # Loaded: the transitions are the stored arrays, episode after episode.
     first = 0
     for episode in (0, 1):
