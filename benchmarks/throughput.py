@@ -79,7 +79,7 @@ class Clock:
     def __init__(self, device: torch.device):
         self.device = device
         self.wall = self.cpu = 0.0
-        self.warmup_wall = 0.0  # time_plain's warm-up (with compile: every variant's compilation)
+        self.warmup_wall = 0.0  # time_plain's warm-up (with compile: every phase's compilation)
 
     def start(self) -> None:
         synchronize(self.device)
@@ -161,16 +161,16 @@ def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_gr
     if compile or cuda_graphs:
         prepare_optimizers_for_capture(optimizers, model.device)
 
-    # One update function per variant, as the module's update_fn keeps (TD3's delayed actor steps alternate).
-    variants = [model.variant_at(update) for update in range(args.warmup + args.steps)]
+    # One update function per phase, as the module's update_fn keeps (TD3's delayed actor steps alternate).
+    phases = [model.phase_at(update) for update in range(args.warmup + args.steps)]
     updates = {
-        variant: accelerated(model, optimizers, variant, compile, cuda_graphs)
-        for variant in set(variants)
+        phase: accelerated(model, optimizers, phase, compile, cuda_graphs)
+        for phase in set(phases)
     }
     batch_size = datamodule.batch_size
 
     def step(update: int) -> None:
-        updates[variants[update]](datamodule.sample(batch_size))
+        updates[phases[update]](datamodule.sample(batch_size))
         for scheduler in schedulers:
             scheduler.step()
 
@@ -191,14 +191,14 @@ def time_plain(model: OfflineAlgorithm, datamodule, args, compile: bool, cuda_gr
 def update_flops(model: OfflineAlgorithm, datamodule, updates: int = 4) -> int:
     """FLOPs of one eager update (forward, backward, optimiser steps) as FlopCounterMode counts them: matmuls and
     convolutions, which is what the matmul peak measures too. The mean over `updates` consecutive updates, so that
-    variants count at their share of the timed loop (TD3's actor steps on every second update)."""
+    phases count at their share of the timed loop (TD3's actor steps on every second update)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     optimizers, _ = fresh_optimizers(model)
     batches = [datamodule.sample(datamodule.batch_size) for _ in range(updates)]
     with FlopCounterMode(display=False) as counter:
         for update, batch in enumerate(batches):
-            model.update(batch, optimizers, variant=model.variant_at(update))
+            model.update(batch, optimizers, phase=model.phase_at(update))
     return counter.get_total_flops() // updates
 
 
@@ -213,10 +213,10 @@ def matmul_seconds_per_update(model: OfflineAlgorithm, datamodule, updates: int 
     optimizers, _ = fresh_optimizers(model)
     batches = [datamodule.sample(datamodule.batch_size) for _ in range(updates + 5)]
     for update, batch in enumerate(batches[:5]):
-        model.update(batch, optimizers, variant=model.variant_at(update))
+        model.update(batch, optimizers, phase=model.phase_at(update))
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for update, batch in enumerate(batches[5:]):
-            model.update(batch, optimizers, variant=model.variant_at(update))
+            model.update(batch, optimizers, phase=model.phase_at(update))
     micros = sum(event.self_cpu_time_total for event in profiler.key_averages() if event.key in MATMUL_OPS)
     return micros / 1e6 / updates
 

@@ -6,7 +6,7 @@ from outside (and so that the eager update never waits for the device):
 - pure: every loss from the batch and the current parameters; no module attribute is set, no buffer written
   (state that changes between updates is the optimisers', or `after_optimizer_step`'s, e.g. target networks);
 - no host sync: no `.item()`, no Python branch on a tensor's value, no shape that depends on the data; a choice
-  between code paths (TD3's delayed actor, RSP's stage) is the update's `running_variant()`, fixed per variant;
+  between code paths (TD3's delayed actor, RSP's stage) is the update's `phase`, fixed per phase;
 - each loss reaches only its own network's parameters: targets detached, a critic frozen (offrl.nn.mlp.frozen)
   where an actor's loss goes through it, since one backward of their sum trains every network.
 """
@@ -86,7 +86,7 @@ class OfflineAlgorithm(L.LightningModule):
         self.compile_update = False
         self.cuda_graph_update = False
         self._update_fns: dict[Hashable, UpdateFn] = {}
-        self._running_variant: Hashable = None  # the variant of the update being run (set by `update`)
+        self._phase: Hashable = None  # the phase of the update being run (set by `update`)
         self._loss_window: dict = {"sums": None, "count": 0, "names": []}  # a dict: no nn.Module setattr per step
 
     @property
@@ -136,18 +136,16 @@ class OfflineAlgorithm(L.LightningModule):
         """The module's own work done every N updates, by config name (UpdateLoop checks N against its K)."""
         return {}
 
-    def variant_at(self, update: int) -> Hashable:
-        """What selects a different update graph at update number `update` (from 0), e.g. the stage of stage-wise
-        training or whether TD3's delayed actor steps; one graph per value."""
+    def phase_at(self, update: int) -> Hashable:
+        """The phase of update number `update` (from 0): what it trains, when that changes between updates, e.g. the
+        stage of stage-wise training or whether TD3's delayed actor steps. One update graph per phase."""
         return None
 
-    def update_variant(self) -> Hashable:
-        return self.variant_at(self.global_step)
-
-    def running_variant(self) -> Hashable:
-        """The variant of the update being run. `losses` branch on this, not on the step counter: a compiled graph
+    @property
+    def phase(self) -> Hashable:
+        """The phase of the update being run. `losses` branch on this, not on the step counter: a compiled graph
         would guard on the counter's value and compile again at every update."""
-        return self._running_variant if self._running_variant is not None else self.update_variant()
+        return self._phase if self._phase is not None else self.phase_at(self.global_step)
 
     def torch_optimizers(self) -> list[torch.optim.Optimizer]:
         optimizers = self.optimizers(use_pl_optimizer=False)
@@ -158,12 +156,12 @@ class OfflineAlgorithm(L.LightningModule):
         batch: TensorDict,
         optimizers: list[torch.optim.Optimizer],
         before_backward: Callable[[torch.Tensor], None] | None = None,
-        variant: Hashable = None,
+        phase: Hashable = None,
     ) -> dict[str, torch.Tensor]:
         """One gradient update in plain PyTorch; returns the detached losses. `before_backward(loss)` is the
-        strategy's hook (DDP readies its gradient all-reduce there; a no-op on one device); `variant` is the
-        update's variant_at (None: the current update_variant())."""
-        self._running_variant = variant
+        strategy's hook (DDP readies its gradient all-reduce there; a no-op on one device); `phase` is the
+        update's phase_at (None: that of the current update)."""
+        self._phase = phase
         losses = self.losses(batch)
         apply_gradients(losses, optimizers, before_backward)
         self.after_optimizer_step()
@@ -176,18 +174,18 @@ class OfflineAlgorithm(L.LightningModule):
         self._update_fns = {}
 
     def update_fn(self) -> UpdateFn:
-        """This update variant's function: `update` itself, or its compiled / graphed form (offrl.algos.compiled)."""
-        variant = self.update_variant()
-        if variant not in self._update_fns:
+        """This update phase's function: `update` itself, or its compiled / graphed form (offrl.algos.compiled)."""
+        phase = self.phase_at(self.global_step)
+        if phase not in self._update_fns:
             optimizers, before_backward = self.torch_optimizers(), self.trainer.strategy.pre_backward
             if self.compile_update or self.cuda_graph_update:
                 from offrl.algos.compiled import accelerated
 
-                update = accelerated(self, optimizers, variant, self.compile_update, self.cuda_graph_update, before_backward)
+                update = accelerated(self, optimizers, phase, self.compile_update, self.cuda_graph_update, before_backward)
             else:
-                update = functools.partial(self.update, optimizers=optimizers, before_backward=before_backward, variant=variant)
-            self._update_fns[variant] = update
-        return self._update_fns[variant]
+                update = functools.partial(self.update, optimizers=optimizers, before_backward=before_backward, phase=phase)
+            self._update_fns[phase] = update
+        return self._update_fns[phase]
 
     def training_step(self, batch: TensorDict | list[TensorDict], batch_idx: int) -> dict[str, torch.Tensor]:
         """One update per batch; the DataModule hands over a list of `updates_per_step` batches (UpdateLoop) to

@@ -21,7 +21,7 @@ from offrl.nn.optim import adam_step_in_graph
 if TYPE_CHECKING:
     from offrl.algos.base import OfflineAlgorithm
 
-COMPILED_GRAPHS_PER_PROCESS = 64  # compiled update graphs (variants, fits, shape changes) before dynamo refuses more
+COMPILED_GRAPHS_PER_PROCESS = 64  # compiled update graphs (phases, fits, shape changes) before dynamo refuses more
 
 
 def prepare_optimizers_for_capture(optimizers: list[torch.optim.Optimizer], device: torch.device) -> None:
@@ -51,12 +51,12 @@ def let_gcc_vectorize_inductor_loops() -> None:
 def accelerated(
     module: OfflineAlgorithm,
     optimizers: list[torch.optim.Optimizer],
-    variant: Hashable,
+    phase: Hashable,
     compile: bool,
     cuda_graphs: bool,
     before_backward: Callable[[torch.Tensor], None] | None = None,
 ) -> UpdateFn:
-    """`module.update` of one variant: eager, compiled as one graph (`CompiledUpdate`) and/or captured whole
+    """`module.update` of one phase: eager, compiled as one graph (`CompiledUpdate`) and/or captured whole
     (forward, backward, optimiser steps) as a CUDA graph that is replayed on every later batch of the same shapes
     (tensordict's CudaGraphModule)."""
     if compile or cuda_graphs:
@@ -64,12 +64,12 @@ def accelerated(
     if compile:
         if module.device.type == "cpu":
             let_gcc_vectorize_inductor_loops()
-        # Every variant's graph (and a module's later fits in one process) is a cache entry of the one function
+        # Every phase's graph (and a module's later fits in one process) is a cache entry of the one function
         # `_update_in_one_graph`; past dynamo's limit of 8 a fullgraph compile fails instead of running eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS_PER_PROCESS)
-        update = CompiledUpdate(module, optimizers, variant)
+        update = CompiledUpdate(module, optimizers, phase)
     else:
-        update = functools.partial(module.update, optimizers=optimizers, before_backward=before_backward, variant=variant)
+        update = functools.partial(module.update, optimizers=optimizers, before_backward=before_backward, phase=phase)
     if cuda_graphs:
         if module.device.type != "cuda":
             raise OffrlError(f"CUDA-graph updates need a cuda device, got {module.device}; set performance.cuda_graphs false")
@@ -83,24 +83,24 @@ def accelerated(
 
 
 class CompiledUpdate:
-    """`module.update` of one variant as ONE torch.compile graph. Gradients come from torch.func.grad of the summed
+    """`module.update` of one phase as ONE torch.compile graph. Gradients come from torch.func.grad of the summed
     losses instead of `backward()`, and each Adam steps through `adam_step_in_graph`: torch.compile graph-breaks at
     `backward()` and around every `optimizer.step()`, and the ~10 pieces of a compiled update each pay a guard
     check and lose the fusion across their borders (benchmarks/README.md). The first call runs the eager update,
-    which creates the optimisers' state and shows which parameters this variant's losses reach: only those step
+    which creates the optimisers' state and shows which parameters this phase's losses reach: only those step
     later, as in eager, where a parameter without a gradient does not step (TD3's actor between its updates).
     One device only (UpdateLoop refuses more): the gradients pass neither DDP's hooks nor the strategy's
     before-backward hook."""
 
-    def __init__(self, module: OfflineAlgorithm, optimizers: list[torch.optim.Optimizer], variant: Hashable):
-        self.module, self.optimizers, self.variant = module, optimizers, variant
+    def __init__(self, module: OfflineAlgorithm, optimizers: list[torch.optim.Optimizer], phase: Hashable):
+        self.module, self.optimizers, self.phase = module, optimizers, phase
         self.graph: UpdateFn | None = None
 
     def __call__(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         if self.graph is not None:
-            self.module._running_variant = self.variant  # set outside the graph: dynamo traces no module mutation
+            self.module._phase = self.phase  # set outside the graph: dynamo traces no module mutation
             return self.graph(batch)
-        losses = self.module.update(batch, self.optimizers, variant=self.variant)
+        losses = self.module.update(batch, self.optimizers, phase=self.phase)
         names = {parameter: name for name, parameter in self.module.named_parameters()}
         # Per optimiser and param group, the parameters the eager update stepped.
         stepped = [[[p for p in group["params"] if p.grad is not None] for group in optimizer.param_groups] for optimizer in self.optimizers]

@@ -216,7 +216,7 @@ class RSP(OfflineAlgorithm):
         stages = self.depth + 1 if self.hparams.training == "stagewise" else 1
         return stages * self.hparams.steps_per_stage
 
-    def variant_at(self, update: int) -> int:
+    def phase_at(self, update: int) -> int:
         """Stagewise: the level update `update` trains (depth = the policy), one update graph per stage; joint: -1,
         every level at once."""
         if self.hparams.training == "joint":
@@ -235,7 +235,7 @@ class RSP(OfflineAlgorithm):
         targets = self.normalize_deltas(batch["subgoal_deltas"])
         conditioning = noisy_subgoals(targets, self.subgoal_log_stds(), self.hparams.noise_scale)
         outputs = {}
-        stage = self.running_variant()
+        stage = self.phase
         for level in range(self.depth + 1) if stage < 0 else [stage]:
             model = self.subgoal_models[level] if level < self.depth else self.policy
             outputs[level] = model(self.level_inputs(state, conditioning, level))

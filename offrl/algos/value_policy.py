@@ -285,7 +285,7 @@ class ValuePolicy(OfflineAlgorithm):
         losses, v, target_q = {"critic_loss": critic_loss}, None, None
         if self.value_net is not None:
             losses["value_loss"], v, target_q = objective.value_loss(self, obs, goal, batch["action"])
-        if not self.running_variant():
+        if not self.phase:
             return losses
         q = target_q if self.hparams.awr_critic == "target" else q
         if "policy" in batch.keys():  # the actor's own share of the data: no value of it is computed yet
@@ -294,13 +294,13 @@ class ValuePolicy(OfflineAlgorithm):
         losses["actor_loss"] = EXTRACTIONS[self.hparams.extraction](self, obs, goal, batch["action"], q, v)
         return losses
 
-    def variant_at(self, update: int) -> bool:
+    def phase_at(self, update: int) -> bool:
         """Whether update `update` trains the actor (and moves the targets): always, except between TD3's delayed
         ones. One update graph with the actor's loss, one without."""
         return (update + 1) % self.value_objective.policy_delay() == 0  # TD3 counts its iterations from 1
 
     def after_optimizer_step(self) -> None:
-        if self.running_variant():
+        if self.phase:
             self.value_objective.update_targets(self)
 
 
