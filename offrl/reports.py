@@ -265,6 +265,43 @@ def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None, pai
     as the optimistic figure it is. A run folder whose config cannot be read is left out, and so is the cut-off end
     of an event file: one line each in `notes`."""
     notes = [] if notes is None else notes
+    runs = read_runs(paths, notes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = label_groups(runs)
+    scored = scored_groups(groups, notes)
+    labels = sorted({group.label for group in scored})
+    unknown = sorted({name for pair in pairs or [] for name in pair} - set(labels))
+    if unknown:
+        raise OffrlError(f"--compare names {', '.join(map(repr, unknown))}, which no scored group is called; the names are {', '.join(map(repr, labels))}")
+    estimates = final_score_estimates(scored, reps, seed)
+    lines = [f"# offrl report: {', '.join(map(str, paths))}", ""]
+    lines += [f"{len(runs)} runs in {len(groups)} groups (one config on one dataset, over seeds). Final score: each run's last "
+              f"evaluation. Intervals: 95 % stratified bootstrap, percentile ({reps} resamples, seed {seed}; rliable, "
+              "Agarwal et al. 2021). The IQM of fewer than 4 runs is their mean.", ""]
+    lines += final_score_tables(scored, estimates)
+    plots = []
+    for metric in sorted({group.metric for group in scored}, key=SCORE_METRICS.index):
+        lines += aggregate_section(scored, metric, out_dir, reps, seed, pairs, notes, plots)
+    lines += groups_section(groups, out_dir)
+    lines += ["", f"Plots: {', '.join(plots)}; one PNG of curves per group." if plots else "One PNG of curves per group.", ""]
+    write_csv(out_dir / "scores.csv", [
+        {"algorithm": group.label, "dataset": group.dataset, "metric": group.metric, "n": len(group.runs),
+         "iqm": point[0], "iqm_low": interval[0, 0], "iqm_high": interval[1, 0], "mean": point[1],
+         "mean_low": interval[0, 1], "mean_high": interval[1, 1], "best_mean": group.best().mean(), "config": group.runs[0].config_id}
+        for group in groups if group.metric for point, interval in [estimates[group.label, group.dataset]]])
+    write_csv(out_dir / "runs.csv", [
+        {"algorithm": group.label, "dataset": group.dataset, "seed": run.seed, "metric": group.metric,
+         "last": run.scalars[group.metric][-1][1], "last_update": run.scalars[group.metric][-1][0],
+         "best": max(value for _, value in run.scalars[group.metric]),
+         "best_update": max(run.scalars[group.metric], key=lambda point: point[1])[0], "run": str(run.path)}
+        for group in scored for run in group.runs])
+    markdown = "\n".join(lines)
+    write_text(out_dir / "report.md", markdown)
+    return markdown
+
+
+def read_runs(paths: list[Path], notes: list[str]) -> list[Run]:
+    """Every run folder under `paths`, read; one whose config.yaml cannot be read is left out with a note."""
     found = run_dirs(paths)
     runs = []
     for run_dir in found:
@@ -275,35 +312,41 @@ def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None, pai
             notes.append(f"skipped {run_dir}: its config.yaml cannot be read ({why}); fix or remove that file to report it")
     if not runs:
         raise OffrlError(f"no run folder under {', '.join(map(str, paths))} has a readable config.yaml ({len(found)} skipped)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    groups = label_groups(runs)
+    return runs
+
+
+def scored_groups(groups: list[Group], notes: list[str]) -> list[Group]:
+    """The groups every run of which evaluated, each given the score metric its runs share (a note for the rest,
+    and for a group whose runs ended at different updates)."""
     scored = []
     for group in groups:
         group.metric = next((m for m in SCORE_METRICS if all(run.scalars.get(m) for run in group.runs)), None)
         if group.metric is None:
             notes.append(f"{group.label} on {group.dataset} has no evaluation in every run ({len(group.runs)} runs); left out of the tables")
-        else:
-            scored.append(group)
-            if len(group.last_updates()) > 1:
-                notes.append(f"{group.label} on {group.dataset}: its runs' last evaluations are at different updates "
-                             f"({', '.join(map(str, group.last_updates()))}); an unfinished run's last score is not its final one")
-    lines = [f"# offrl report: {', '.join(map(str, paths))}", ""]
-    lines += [f"{len(runs)} runs in {len(groups)} groups (one config on one dataset, over seeds). Final score: each run's last "
-              f"evaluation. Intervals: 95 % stratified bootstrap, percentile ({reps} resamples, seed {seed}; rliable, "
-              "Agarwal et al. 2021). The IQM of fewer than 4 runs is their mean.", ""]
-    datasets = sorted({group.dataset for group in scored})
-    labels = sorted({group.label for group in scored})
-    unknown = sorted({name for pair in pairs or [] for name in pair} - set(labels))
-    if unknown:
-        raise OffrlError(f"--compare names {', '.join(map(repr, unknown))}, which no scored group is called; the names are {', '.join(map(repr, labels))}")
-    cells: dict[tuple[str, str], Group] = {(group.label, group.dataset): group for group in scored}
+            continue
+        scored.append(group)
+        if len(group.last_updates()) > 1:
+            notes.append(f"{group.label} on {group.dataset}: its runs' last evaluations are at different updates "
+                         f"({', '.join(map(str, group.last_updates()))}); an unfinished run's last score is not its final one")
+    return scored
+
+
+def final_score_estimates(scored: list[Group], reps: int, seed: int) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """(label, dataset) -> (IQM and mean, their intervals) of the final scores, bootstrapped per dataset."""
     estimates = {}
-    for dataset in datasets:
+    for dataset in sorted({group.dataset for group in scored}):
         here = {group.label: group.last()[:, None] for group in scored if group.dataset == dataset}
         points, intervals = interval_estimates(here, iqm_and_mean, reps, seed)
         estimates |= {(label, dataset): (points[label], intervals[label]) for label in here}
-    metrics_used = sorted({group.metric for group in scored}, key=SCORE_METRICS.index)
-    lines += [f"Score: {', '.join(f'{short_dataset(d)}: {metric_of(cells, d)}' for d in datasets)}.", ""]
+    return estimates
+
+
+def final_score_tables(scored: list[Group], estimates: dict) -> list[str]:
+    """The algorithm x dataset tables: IQM, mean (each with its interval) and the best evaluation, apart."""
+    datasets = sorted({group.dataset for group in scored})
+    labels = sorted({group.label for group in scored})
+    cells: dict[tuple[str, str], Group] = {(group.label, group.dataset): group for group in scored}
+    lines = [f"Score: {', '.join(f'{short_dataset(d)}: {metric_of(cells, d)}' for d in datasets)}.", ""]
     for title, column in (("IQM", 0), ("mean", 1)):
         lines += [f"## Final score: {title} [95 % CI]", "", table_head(["algorithm", *map(short_dataset, datasets)])]
         for label in labels:
@@ -324,34 +367,19 @@ def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None, pai
     for label in labels:
         lines.append(table_row([label, *(number(cells[label, d].best().mean()) if (label, d) in cells else "" for d in datasets)]))
     lines.append("")
-    plots = []
-    for metric in metrics_used:
-        lines += aggregate_section(scored, metric, out_dir, reps, seed, pairs, notes, plots)
-    lines += ["## Groups", "", table_head(["algorithm", "dataset", "metric", "runs", "update of last", "config", "curves"])]
-    csv_scores = []
+    return lines
+
+
+def groups_section(groups: list[Group], out_dir: Path) -> list[str]:
+    """One row per group (its runs, config and curves PNG, which it writes)."""
+    lines = ["## Groups", "", table_head(["algorithm", "dataset", "metric", "runs", "update of last", "config", "curves"])]
     for group in groups:
         png = plot_group(group, out_dir / f"{file_name(group.label)}-{file_name(short_dataset(group.dataset))}.png") if group.metric else None
         lines.append(table_row([group.label, group.dataset, group.metric or "(no evaluation)",
                                 ", ".join(str(run.path) for run in group.runs),
                                 ", ".join(map(str, group.last_updates())) if group.metric else "",
                                 f"#{group.runs[0].config_id}", png.name if png else ""]))
-        if group.metric:
-            point, interval = estimates[group.label, group.dataset]
-            csv_scores.append({"algorithm": group.label, "dataset": group.dataset, "metric": group.metric, "n": len(group.runs),
-                               "iqm": point[0], "iqm_low": interval[0, 0], "iqm_high": interval[1, 0], "mean": point[1],
-                               "mean_low": interval[0, 1], "mean_high": interval[1, 1], "best_mean": group.best().mean(),
-                               "config": group.runs[0].config_id})
-    lines += ["", f"Plots: {', '.join(plots)}; one PNG of curves per group." if plots else "One PNG of curves per group.", ""]
-    write_csv(out_dir / "scores.csv", csv_scores)
-    write_csv(out_dir / "runs.csv", [
-        {"algorithm": group.label, "dataset": group.dataset, "seed": run.seed, "metric": group.metric,
-         "last": run.scalars[group.metric][-1][1], "last_update": run.scalars[group.metric][-1][0],
-         "best": max(value for _, value in run.scalars[group.metric]),
-         "best_update": max(run.scalars[group.metric], key=lambda point: point[1])[0], "run": str(run.path)}
-        for group in scored for run in group.runs])
-    markdown = "\n".join(lines)
-    write_text(out_dir / "report.md", markdown)
-    return markdown
+    return lines
 
 
 def metric_of(cells: dict[tuple[str, str], Group], dataset: str) -> str:
