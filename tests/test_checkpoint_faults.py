@@ -57,7 +57,7 @@ def trained(dataset, in_tmp_dir):
 def test_a_finished_runs_last_checkpoint_is_its_final_state(trained):
     assert final_state(trained)["global_step"] == 60  # not the step-50 periodic one
     saved = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
-    assert saved["offrl"] == {"algorithm": "offrl.algos.bc.BC", "dataset_id": DATASET}
+    assert saved["offrl"] == {"algorithm": "offrl.algos.bc.BC", "dataset_id": DATASET, "env_id": "Hopper-v5"}
 
 
 DAMAGE = {
