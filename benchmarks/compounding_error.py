@@ -44,7 +44,7 @@ import torch
 
 from offrl.checkpoints import read_checkpoint
 from offrl.data import registry
-from offrl.data.windows import window_starts
+from offrl.data.windows import holdout_start, window_starts
 from offrl.errors import OffrlError
 from offrl.objectives.dynamics import any_step_penalty, ensemble_penalty
 
@@ -166,7 +166,7 @@ def main() -> None:
     transitions, info = registry.load(adm_fit["dataset_id"], data.get("generate_steps"), data.get("generate_episodes"), data.get("seed", 0))
     size = transitions.batch_size[0]
     # Every fit trained only on windows before its hold-out set: the evaluation data starts after both.
-    train_end = max(size - min(int(fit["data"].get("holdout_fraction", 0.2) * size), fit["data"].get("max_holdout", 1000))
+    train_end = max(holdout_start(size, fit["data"].get("holdout_fraction", 0.2), fit["data"].get("max_holdout", 1000))
                     for fit in (adm_fit, ensemble_fit))
     heldout = transitions[train_end:].clone()
     heldout["episode_last"] -= train_end

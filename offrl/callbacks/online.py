@@ -59,15 +59,14 @@ class OnlineInteraction(L.Callback):
                 f"performance.updates_per_step 1 (got {datamodule.updates_per_step})"
             )
         datamodule._device_setup(pl_module.device)
-        if self.seed is None:
-            self.seed = datamodule.seed
+        seed = self.seed if self.seed is not None else datamodule.seed
         # A resumed run (a restored buffer) seeds its new envs past the episodes already taken, not from the start.
-        env_seed = self.seed if datamodule.size == 0 else self.seed + datamodule.next_episode_id
+        env_seed = seed if datamodule.size == 0 else seed + datamodule.next_episode_id
         self.env = make_eval_env(datamodule.info, datamodule.num_envs, env_seed)
         self.state = self.env.reset()
         self.episode_returns = np.zeros(datamodule.num_envs)
         if self.random_actions is None:
-            self.random_actions = torch.Generator().manual_seed(self.seed)
+            self.random_actions = torch.Generator().manual_seed(seed)
         self.collect(datamodule, pl_module, self.warmup_steps - datamodule.size, explore=False)
         self.collect_for_update(trainer, pl_module)
 

@@ -73,13 +73,18 @@ class WindowGenerators:
         self.starts.set_state(state["starts"])
 
 
+def holdout_start(size: int, holdout_fraction: float, max_holdout: int) -> int:
+    """The first row of the hold-out set: the last min(holdout_fraction * size, max_holdout) of `size` transitions."""
+    return size - min(int(holdout_fraction * size), max_holdout)
+
+
 def split_window_starts(
     episode_last: torch.Tensor, max_window: int, holdout_fraction: float, max_holdout: int
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The first rows of the training and hold-out windows of every k in 1..max_window. The hold-out set is the
     last min(holdout_fraction * N, max_holdout) transitions; no window crosses the split or an episode's end."""
     size = len(episode_last)
-    train_end = size - min(int(holdout_fraction * size), max_holdout)
+    train_end = holdout_start(size, holdout_fraction, max_holdout)
     train = [window_starts(episode_last, k, end=train_end) for k in range(1, max_window + 1)]
     holdout = [s[s >= train_end] for s in (window_starts(episode_last, k) for k in range(1, max_window + 1))]
     if min(len(s) for s in train) == 0 or min(len(s) for s in holdout) == 0:
