@@ -18,9 +18,9 @@ from offrl.objectives.value import (
     expectile_loss,
     iql_q_loss,
     iql_value_loss,
-    polyak_update,
     sarsa_q_loss,
 )
+from offrl.nn.optim import polyak_update
 
 
 def expectile_by_bisection(x: torch.Tensor, tau: float) -> float:

@@ -21,10 +21,9 @@ from offrl.errors import OffrlError
 from offrl.nn.action_bounds import from_unit_box, register_action_bounds, to_unit_box
 from offrl.nn.ensemble import ensemble_mlp
 from offrl.nn.mlp import GaussianMLP, frozen
-from offrl.nn.optim import adam
+from offrl.nn.optim import adam, polyak_update
 from offrl.objectives.bc import gaussian_log_prob
 from offrl.objectives.sac import sac_actor_loss, sac_critic_loss, sac_temperature_loss
-from offrl.objectives.value import polyak_update
 
 # The log-std range of CORL's and OfflineRL-Kit's SAC actors (ADMPO's official code builds on OfflineRL-Kit).
 LOG_STD_BOUNDS = (-5.0, 2.0)

@@ -23,12 +23,12 @@ from torch import nn
 
 from offrl.nn.ensemble import ensemble_member_forward, ensemble_mlp
 from offrl.nn.mlp import joined, mlp
+from offrl.nn.optim import polyak_update
 from offrl.objectives.value import (
     contrastive_critic_loss,
     contrastive_critic_value,
     iql_q_loss,
     iql_value_loss,
-    polyak_update,
     sarsa_q_loss,
     smoothed_target_action,
 )

@@ -1,4 +1,4 @@
-"""The Adam every offrl network trains with."""
+"""How offrl parameters move: the Adam every network trains with, and the Polyak averaging of target networks."""
 
 from __future__ import annotations
 
@@ -46,3 +46,13 @@ def adam_step_in_graph(optimizer: torch.optim.Adam, parameters: list[list[torch.
             eps=group["eps"],
             maximize=group["maximize"],
         )
+
+
+@torch.no_grad()
+def polyak_update(target_params: Iterable[torch.Tensor], online_params: Iterable[torch.Tensor], tau: float) -> None:
+    """Soft target update in place: θ̄ ← (1 − τ) θ̄ + τ θ (τ = 1 copies)."""
+    targets, onlines = list(target_params), list(online_params)
+    if len(targets) != len(onlines):
+        raise ValueError(f"target has {len(targets)} tensors, online has {len(onlines)}")
+    for target, online in zip(targets, onlines):
+        target.lerp_(online, tau)

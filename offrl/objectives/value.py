@@ -10,7 +10,6 @@ Conventions shared by every function here:
 from __future__ import annotations
 
 import math
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -126,13 +125,3 @@ def contrastive_critic_loss(sa_repr: torch.Tensor, goal_repr: torch.Tensor) -> t
     logits = contrastive_logits(sa_repr, goal_repr)
     labels = torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device).expand_as(logits)
     return F.binary_cross_entropy_with_logits(logits, labels)
-
-
-@torch.no_grad()
-def polyak_update(target_params: Iterable[torch.Tensor], online_params: Iterable[torch.Tensor], tau: float) -> None:
-    """Soft target update in place: θ̄ ← (1 − τ) θ̄ + τ θ (τ = 1 copies)."""
-    targets, onlines = list(target_params), list(online_params)
-    if len(targets) != len(onlines):
-        raise ValueError(f"target has {len(targets)} tensors, online has {len(onlines)}")
-    for target, online in zip(targets, onlines):
-        target.lerp_(online, tau)
