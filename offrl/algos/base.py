@@ -183,9 +183,15 @@ class OfflineAlgorithm(L.LightningModule):
 
                 update = accelerated(self, optimizers, phase, self.compile_update, self.cuda_graph_update, before_backward)
             else:
-                update = functools.partial(self.update, optimizers=optimizers, before_backward=before_backward, phase=phase)
+                update = self.eager_update(optimizers, phase, before_backward)
             self._update_fns[phase] = update
         return self._update_fns[phase]
+
+    def eager_update(
+        self, optimizers: list[torch.optim.Optimizer], phase: Hashable, before_backward: Callable[[torch.Tensor], None] | None = None,
+    ) -> UpdateFn:
+        """`update` of one phase as a function of the batch alone."""
+        return functools.partial(self.update, optimizers=optimizers, before_backward=before_backward, phase=phase)
 
     def training_step(self, batch: TensorDict | list[TensorDict], batch_idx: int) -> dict[str, torch.Tensor]:
         """One update per batch; the DataModule hands over a list of `updates_per_step` batches (UpdateLoop) to

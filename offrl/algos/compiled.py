@@ -69,7 +69,7 @@ def accelerated(
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS_PER_PROCESS)
         update = CompiledUpdate(module, optimizers, phase)
     else:
-        update = functools.partial(module.update, optimizers=optimizers, before_backward=before_backward, phase=phase)
+        update = module.eager_update(optimizers, phase, before_backward)
     if cuda_graphs:
         if module.device.type != "cuda":
             raise OffrlError(f"CUDA-graph updates need a cuda device, got {module.device}; set performance.cuda_graphs false")
