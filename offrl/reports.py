@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import itertools
+import json
 import math
 import re
 import statistics
@@ -71,9 +72,10 @@ def loss_tags(scalars: dict[str, Curve]) -> list[str]:
     return sorted(tag for tag in scalars if tag.startswith("train/") and tag.endswith("_loss"))
 
 
-def plot_run(run_dir: Path, scalars: dict[str, Curve] | None = None, tests: dict[str, tuple[int, float]] | None = None) -> Path | None:
-    """`curves.png` in the run folder: the evaluation score and each loss against updates, and `offrl test`'s
-    scores (metric -> (update, value)) as stars (None: nothing logged)."""
+def plot_run(run_dir: Path, scalars: dict[str, Curve] | None = None, tests: dict[str, tuple[int, float]] | None = None,
+             test_name: str = "test") -> Path | None:
+    """`curves.png` in the run folder: the evaluation score and each loss against updates, and the scores of an
+    `offrl test` (metric -> (update, value), logged in the run's `test_name` folder) as stars (None: nothing logged)."""
     scalars = read_scalars(run_dir) if scalars is None else scalars
     panels = [tag for tag in [score_metric(scalars)] if tag] + loss_tags(scalars)
     if not panels:
@@ -86,7 +88,7 @@ def plot_run(run_dir: Path, scalars: dict[str, Curve] | None = None, tests: dict
         steps, values = zip(*scalars[tag])
         ax.plot(steps, values, marker="o" if len(steps) < 40 else None, markersize=3)
         if tests and tag in tests:
-            ax.plot(*tests[tag], marker="*", markersize=12, linestyle="none", label="offrl test")
+            ax.plot(*tests[tag], marker="*", markersize=12, linestyle="none", label=f"offrl test ({test_name})")
             ax.legend(fontsize=7)
         ax.set_title(tag, fontsize=10)
         ax.set_xlabel("update")
@@ -98,6 +100,16 @@ def plot_run(run_dir: Path, scalars: dict[str, Curve] | None = None, tests: dict
     return save(figure, run_dir / "curves.png")
 
 
+def test_folder_name(subcommand: str, layers: list[str]) -> str:
+    """The folder in a run folder that `offrl test` (or validate) of the run's checkpoint logs into: `test`, or
+    `test-opex` when a config opex.yaml is layered on the run's own (one folder per kind of test)."""
+    return "-".join([subcommand, *(Path(layer).stem for layer in layers)])
+
+
+def is_test_folder(folder: Path) -> bool:
+    return re.fullmatch(r"(test|validate)(-.+)?", folder.name) is not None and (folder.parent / "config.yaml").exists()
+
+
 def run_dirs(paths: list[Path]) -> list[Path]:
     """The run folders at or under `paths` (folders holding a config.yaml and event files)."""
     found = set()
@@ -105,8 +117,7 @@ def run_dirs(paths: list[Path]) -> list[Path]:
         if not path.exists():
             raise OffrlError(f"{path} does not exist; give run folders or folders above them (e.g. logs/)")
         for config in [path / "config.yaml"] if (path / "config.yaml").exists() else path.rglob("config.yaml"):
-            tested = config.parent.name == "test" and (config.parent.parent / "config.yaml").exists()  # `offrl test`'s own folder
-            if not tested and any(config.parent.glob("events.out.tfevents.*")):
+            if not is_test_folder(config.parent) and any(config.parent.glob("events.out.tfevents.*")):
                 found.add(config.parent)
     if not found:
         raise OffrlError(f"no run folder (config.yaml and TensorBoard event files) under {', '.join(map(str, paths))}")
@@ -139,6 +150,8 @@ class Run:
     seed: Any
     settings: dict[str, Any]
     scalars: dict[str, Curve]
+    tests: dict[str, dict[str, float]]  # an `offrl test`'s folder name -> its scores
+
 
     @property
     def config_id(self) -> str:
@@ -159,7 +172,17 @@ def read_run(run_dir: Path, notes: list[str]) -> Run:
         algorithm = run_dir.parent.parent.name
     else:
         algorithm = str(settings.get("model.class_path", "?")).rsplit(".", 1)[-1]
-    return Run(run_dir, algorithm, dataset, seed, settings, read_scalars(run_dir, notes))
+    return Run(run_dir, algorithm, dataset, seed, settings, read_scalars(run_dir, notes), read_tests(run_dir))
+
+
+def read_tests(run_dir: Path) -> dict[str, dict[str, float]]:
+    """The scores of each finished `offrl test` of the run (its test folders' summary.json)."""
+    tests = {}
+    for summary in sorted(run_dir.glob("*/summary.json")):
+        if is_test_folder(summary.parent) and summary.parent.name.startswith("test"):
+            scores = json.loads(summary.read_text()).get("test") or {}
+            tests[summary.parent.name] = {metric: float(value) for metric, value in scores.items() if metric in SCORE_METRICS}
+    return tests
 
 
 def yaml_problem(err: yaml.MarkedYAMLError) -> str:
@@ -279,6 +302,8 @@ def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None, pai
               f"evaluation. Intervals: 95 % stratified bootstrap, percentile ({reps} resamples, seed {seed}; rliable, "
               "Agarwal et al. 2021). The IQM of fewer than 4 runs is their mean.", ""]
     lines += final_score_tables(scored, estimates)
+    test_rows = tested_scores(scored)
+    lines += test_tables(scored, test_rows, reps, seed)
     plots = []
     for metric in sorted({group.metric for group in scored}, key=SCORE_METRICS.index):
         lines += aggregate_section(scored, metric, out_dir, reps, seed, pairs, notes, plots)
@@ -295,6 +320,8 @@ def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None, pai
          "best": max(value for _, value in run.scalars[group.metric]),
          "best_update": max(run.scalars[group.metric], key=lambda point: point[1])[0], "run": str(run.path)}
         for group in scored for run in group.runs])
+    if test_rows:
+        write_csv(out_dir / "tests.csv", test_rows)
     markdown = "\n".join(lines)
     write_text(out_dir / "report.md", markdown)
     return markdown
@@ -367,6 +394,42 @@ def final_score_tables(scored: list[Group], estimates: dict) -> list[str]:
     for label in labels:
         lines.append(table_row([label, *(number(cells[label, d].best().mean()) if (label, d) in cells else "" for d in datasets)]))
     lines.append("")
+    return lines
+
+
+def tested_scores(scored: list[Group]) -> list[dict]:
+    """One row per run and `offrl test` of it: the test's score in the metric of the run's group."""
+    return [{"algorithm": group.label, "dataset": group.dataset, "seed": run.seed, "test": test, "metric": group.metric,
+             "score": scores[group.metric], "run": str(run.path)}
+            for group in scored for run in group.runs for test, scores in sorted(run.tests.items()) if group.metric in scores]
+
+
+def test_tables(scored: list[Group], rows: list[dict], reps: int, seed: int) -> list[str]:
+    """Per dataset, the `offrl test`s of the final checkpoints (algorithm rows, one column per kind of test: `test`,
+    `test-opex`, ...): IQM [95 % CI] over a group's runs, for groups every run of which has that test."""
+    lines = []
+    for dataset in sorted({row["dataset"] for row in rows}):
+        here = [row for row in rows if row["dataset"] == dataset]
+        tests = sorted({row["test"] for row in here})
+        labels = sorted({row["algorithm"] for row in here})
+        runs = {group.label: len(group.runs) for group in scored if group.dataset == dataset}
+        scores = {(label, test): np.array([row["score"] for row in here if row["algorithm"] == label and row["test"] == test])
+                  for label in labels for test in tests}
+        complete = {key: values for key, values in scores.items() if len(values) == runs[key[0]]}
+        estimates = {}
+        for test in tests:
+            column = {label: complete[label, test][:, None] for label in labels if (label, test) in complete}
+            if column:
+                points, intervals = interval_estimates(column, iqm_and_mean, reps, seed)
+                estimates |= {(label, test): (points[label][0], intervals[label][:, 0]) for label in column}
+        lines += [f"## offrl test of the final checkpoint on {short_dataset(dataset)}: IQM [95 % CI]", "",
+                  f"Each column is one kind of test of every run's last checkpoint ({', '.join(tests)}: the folder it "
+                  "logged in, named after the config layered on the run's own); a cell is empty unless every run of "
+                  "its row has that test.", "", table_head(["algorithm", *tests])]
+        for label in labels:
+            lines.append(table_row([label, *(estimate(*estimates[label, test], runs[label]) + (f" (n={runs[label]})" if runs[label] > 1 else "")
+                                              if (label, test) in estimates else "" for test in tests)]))
+        lines.append("")
     return lines
 
 

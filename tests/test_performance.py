@@ -275,7 +275,7 @@ def test_shipped_offline_configs_run_ten_updates_per_step_and_their_cadences_all
         config = yaml.safe_load(path.read_text())
         assert "updates_per_step" not in (config.get("performance") or {}), path
         if "model" not in config or "trainer" not in config or path.parent.name == "dynamics":
-            continue  # a layer (value_extraction/quick.yaml, ...), or a dynamics fit (its epoch comes from the data)
+            continue  # a layer (value_extraction/opex.yaml, ...), or a dynamics fit (its epoch comes from the data)
         online = path.parent.name in ("sac", "admpo_on")
         cadences = [
             config["data"]["init_args"].get("steps_per_epoch"), config.get("checkpoint", {}).get("every_n_train_steps"),

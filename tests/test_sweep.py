@@ -4,6 +4,7 @@ one sentence, and `offrl report` on the study checked against the event files. S
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,22 +26,25 @@ DATASETS = ("test/sweep-a/hopper-v0", "test/sweep-b/hopper-v0")
 
 
 def write_study(root: Path) -> Path:
-    """2 configs (16- and 32-wide BC) x 2 datasets x 2 seeds, and a third config with a batch size of 0."""
+    """2 configs (16-wide BC, and 32-wide as a layer over it) x 2 datasets x 2 seeds, and a third config with a batch
+    size of 0; each run tested twice when its fit ends: as it is (2 episodes), and with 1 episode (one.yaml)."""
     (root / "configs").mkdir()
-    for width in (16, 32):
-        config = bc_config(root / "configs" / f"bc{width}.yaml", DATASETS[0])
-        settings = yaml.safe_load(config.read_text())
-        settings["model"]["init_args"]["hidden_dims"] = [width, width]
-        config.write_text(yaml.safe_dump(settings))
+    config = bc_config(root / "configs" / "bc16.yaml", DATASETS[0])
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["init_args"]["hidden_dims"] = [16, 16]
+    config.write_text(yaml.safe_dump(settings))
+    (root / "configs" / "wide.yaml").write_text("model:\n  init_args:\n    hidden_dims: [32, 32]\n")
+    (root / "configs" / "one.yaml").write_text("evaluation:\n  num_episodes: 1\n")
     broken = yaml.safe_load((root / "configs" / "bc16.yaml").read_text())
     broken["data"]["init_args"]["batch_size"] = 0  # parses (so the study starts) but fails when the run builds its data
     (root / "configs" / "broken.yaml").write_text(yaml.safe_dump(broken))
     study = {
         "name": "tiny",
-        "configs": ["configs/bc16.yaml", "configs/bc32.yaml", "configs/broken.yaml"],
+        "configs": ["configs/bc16.yaml", ["configs/bc16.yaml", "configs/wide.yaml"], "configs/broken.yaml"],
         "seeds": [0, 1],
         "grid": {"data.init_args.dataset_id": list(DATASETS)},
         "set": {"trainer.max_steps": 200, "data.init_args.steps_per_epoch": 50, "checkpoint.every_n_train_steps": 25},
+        "tests": ["plain", "configs/one.yaml"],
         "trial": {"cpus": 1},
         "concurrent": 2,
     }
@@ -68,7 +72,8 @@ def run_folders(root: Path) -> list[Path]:
 
 
 def finished(root: Path) -> list[Path]:
-    return [run for run in run_folders(root) if (run / "summary.json").exists()]
+    """The runs whose fit and both tests ended."""
+    return [run for run in run_folders(root) if all((run / folder / "summary.json").exists() for folder in (".", "test", "test-one"))]
 
 
 def resumable(root: Path) -> list[Path]:
@@ -89,7 +94,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     write_study(root)
     stopped = sweep(root, stop_when=lambda: finished(root) and resumable(root))
-    before = {run: (sorted(p.name for p in run.iterdir()), (run / "summary.json").exists()) for run in run_folders(root)}
+    before = {run: (sorted(p.name for p in run.iterdir()), run in finished(root), (run / "summary.json").exists()) for run in run_folders(root)}
     resumed = sweep(root)
     return root, stopped, before, resumed
 
@@ -101,9 +106,9 @@ def test_a_stopped_study_resumes_without_running_a_finished_trial_again(study):
     assert "offrl: resuming study" in resumed.stderr
     runs = run_folders(root)
     assert len(runs) == 8 and all(run.name == "version_0" for run in runs)  # one run per good trial, never a second
-    assert all((run / "summary.json").exists() for run in runs)
-    done_before = [run for run, (_, done) in before.items() if done]
-    cut_before = [run for run, (files, done) in before.items() if not done and "checkpoints" in files]
+    assert finished(root) == runs
+    done_before = [run for run, (_, done, _) in before.items() if done]
+    cut_before = [run for run, (files, _, fitted) in before.items() if not fitted and "checkpoints" in files]
     assert done_before and cut_before
     for run in done_before:  # untouched: no second start, no new event file
         assert sorted(p.name for p in run.iterdir()) == before[run][0]
@@ -143,6 +148,26 @@ def test_report_of_the_study_tables_configs_by_datasets_with_the_iqm_of_the_even
             assert len(runs) == 2 and shown.endswith("(n=2)")
             expected = scipy.stats.trim_mean(np.array([last_score(run) for run in runs]), 0.25)
             assert float(shown.split(" [")[0]) == pytest.approx(expected, rel=2e-3)
+    # the study's two tests of every run: logged beside it, each with its own settings, tabled from their summaries
+    tested = {}
+    for run in run_folders(root):
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        for folder, episodes in (("test", 2), ("test-one", 1)):
+            assert yaml.safe_load((run / folder / "config.yaml").read_text())["evaluation"]["num_episodes"] == episodes
+            summary = json.loads((run / folder / "summary.json").read_text())
+            assert summary["update"] == 200
+            key = (config["data"]["init_args"]["dataset_id"], config["model"]["init_args"]["hidden_dims"][0], folder)
+            tested.setdefault(key, []).append(summary["test"]["eval/normalized_score"])
+    for dataset in DATASETS:
+        section = table.split(f"## offrl test of the final checkpoint on {dataset.split('/', 1)[1]}", 1)[1].split("\n## ", 1)[0]
+        assert "| algorithm | test | test-one |" in section
+        for width in (16, 32):
+            (row,) = [line for line in section.splitlines() if line.startswith(f"| bc (hidden_dims=[{width}, {width}]) |")]
+            for folder, shown in zip(("test", "test-one"), row.rstrip(" |").split(" | ")[1:]):
+                assert shown.endswith("(n=2)")
+                expected = scipy.stats.trim_mean(np.array(tested[dataset, width, folder]), 0.25)
+                assert float(shown.split(" [")[0]) == pytest.approx(expected, rel=2e-3)
+    assert len((root / "report" / "tests.csv").read_text().splitlines()) == 1 + 8 * 2
 
 
 def test_study_file_mistakes_are_one_sentence(tmp_path, monkeypatch, capsys):
@@ -159,7 +184,10 @@ def test_study_file_mistakes_are_one_sentence(tmp_path, monkeypatch, capsys):
         "configs: [a.yaml]\nset: {ckpt_path: last}\n": "ckpt_path is set by the sweep for each trial",
         "configs: [a.yaml]\ntrial: {cpus: 0}\n": "trial.cpus must be > 0",
         "configs: [{path: a.yaml, set: {trainer.max_steps: 5}}]\nset: {trainer.max_steps: 10}\n": "trainer.max_steps is given twice",
-        "configs: [{file: a.yaml}]\n": "a configs entry is a path or {path: FILE, set: {key: value}}",
+        "configs: [{file: a.yaml}]\n": "a configs entry is a path, a list of paths (layered) or {path: FILE, set: {key: value}}",
+        "configs: [[a.yaml, missing.yaml]]\n": "config missing.yaml matches no file",
+        "configs: [a.yaml]\ntests: [plain, missing.yaml]\n": "config missing.yaml matches no file",
+        "configs: [a.yaml]\ntests: [plain, plain]\n": "would log two tests into one folder (test, test)",
         "configs: [a.yaml]\nseeds: [0, 0]\n": "seeds must list distinct integers",
         "configs: [a.yaml]\nseeds: [0]\ngrid: {data.init_args.seed: [1]}\n": "seeds sets data.init_args.seed for each trial",
     }
@@ -172,6 +200,10 @@ def test_study_file_mistakes_are_one_sentence(tmp_path, monkeypatch, capsys):
     line = refused(capsys, "sweep", "study.yaml")  # every trial's settings are parsed before anything starts
     assert line.startswith("offrl: error: study study: the trials of ") and "a.yaml --model.init_args.hiden_dims '[8]' cannot start: " \
            "model.hiden_dims is not a setting of offrl.algos.bc.BC; did you mean hidden_dims?" in line
+    Path("typo.yaml").write_text("evaluation:\n  num_episode: 3\n")  # a test's layer is parsed too
+    Path("study.yaml").write_text("configs: [a.yaml]\ntests: [plain, typo.yaml]\n")
+    line = refused(capsys, "sweep", "study.yaml", "--dry-run")
+    assert line.startswith("offrl: error: study study: the test with ") and "typo.yaml of the trials of " in line and "num_episode" in line, line
     Path("study.yaml").write_text("configs: [a.yaml]\ntrial: {gpus: 1}\n")  # this machine has none: refused, not pending
     assert "each trial asks for trial.gpus 1 but this machine has 0" in refused(capsys, "sweep", "study.yaml", "--cpus", "1")
     assert not Path("logs").exists()

@@ -14,7 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks.progress import ProgressBar
 from tqdm.auto import tqdm
 
-from offrl.reports import SCORE_METRICS, plot_run, write_text
+from offrl.reports import SCORE_METRICS, is_test_folder, plot_run, write_text
 
 
 def duration(seconds: float) -> str:
@@ -153,8 +153,8 @@ class RunReport(L.Callback):
         if log_dir is not None:
             write_json(Path(log_dir) / "summary.json", {"update": update, "test": metrics})
             run_dir = Path(log_dir).parent
-            if Path(log_dir).name == "test" and (run_dir / "config.yaml").exists():  # beside the run it tests
-                plot_run(run_dir, tests={name: (update, value) for name, value in metrics.items()})
+            if is_test_folder(Path(log_dir)):  # beside the run it tests
+                plot_run(run_dir, tests={name: (update, value) for name, value in metrics.items()}, test_name=Path(log_dir).name)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:

@@ -33,7 +33,7 @@ from offrl.checkpoints import AtomicCheckpointIO, newest_readable, read_checkpoi
 from offrl.cli.dynamics import fit_dynamics_phase, needs_dynamics_fit, phase_checkpoint_dir
 from offrl.data.datamodules import TransitionDataModule
 from offrl.errors import OffrlError
-from offrl.reports import SCORE_METRICS, flatten
+from offrl.reports import SCORE_METRICS, flatten, test_folder_name
 
 LOG_ROOT = "logs"
 
@@ -303,9 +303,12 @@ class OffrlCLI(LightningCLI):
         if config["trainer"].get("logger") in (None, True):
             tested_run = self.tested_run_dir(path) if ckpt_path is not None and self.subcommand != "fit" else None
             if tested_run is not None:
-                # test/validate log beside the run they evaluate (<version>/test), not into its training curves
+                # test/validate log beside the run they evaluate (<version>/test, <version>/test-opex with opex.yaml
+                # layered on the run's config), not into its training curves
+                layers = [str(file) for file in config.get("config") or []][1:]
                 self.trainer.logger = TensorBoardLogger(
-                    tested_run.parent, name="", version=tested_run.name, sub_dir=self.subcommand, default_hp_metric=False
+                    tested_run.parent, name="", version=tested_run.name, sub_dir=test_folder_name(self.subcommand, layers),
+                    default_hp_metric=False,
                 )
             elif resumed_run is not None:
                 self.trainer.logger = TensorBoardLogger(resumed_run.parent, name="", version=resumed_run.name, default_hp_metric=False)

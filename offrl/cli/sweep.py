@@ -8,6 +8,7 @@ A study file (keys as on the `offrl fit` command line):
       - configs/bc/hopper-medium.yaml
       - path: configs/iql/hopper-medium.yaml   # a config with settings of its own (its trials only)
         set: {model.init_args.expectile: 0.8}
+      - [configs/value_extraction/pointmaze-umaze.yaml, configs/value_extraction/crl.yaml]  # layered, as --config a --config b
     seeds: [0, 1, 2]                    # an axis: each sets seed_everything and data.init_args.seed (the sampler's)
     grid:                               # more axes: every combination of these values
       model.init_args.hidden_dims: [[256, 256], [512, 512]]
@@ -20,12 +21,16 @@ A study file (keys as on the `offrl fit` command line):
       mode: max
       space:
         model.init_args.actor_lr: {loguniform: [1.0e-4, 1.0e-3]}
+    tests:                              # optional: `offrl test`s of each trial's last checkpoint once its fit ends
+      - plain                           # the run's own config: logged in <run>/test
+      - configs/value_extraction/opex.yaml   # that config layered on it: logged in <run>/test-opex
     trial: {cpus: 1, gpus: 0}           # what each trial holds; the CPUs are its torch threads
     concurrent: 2                       # trials at once (default: as many as the resources allow)
 
 Ray Tune keeps the study in <storage>/<name>/ (its experiment state and one folder per trial, with Tune's
 result.json and progress.csv); each trial's offrl run lives in that trial's folder
-(<trial>/<algorithm>/<dataset>/version_0). The same command resumes a stopped study: finished trials are kept, the
+(<trial>/<algorithm>/<dataset>/version_0), its tests in that run's test folders (`offrl report` tables both). The
+same command resumes a stopped study: finished trials are kept, the
 others resume their own run from its last checkpoint. Before anything starts, every trial's settings are parsed as
 `offrl fit` parses them (`--dry-run` does that too): a typo in a key is refused at once, not as failed trials.
 """
@@ -49,8 +54,10 @@ from typing import Any
 import yaml
 
 from offrl.errors import OffrlError
+from offrl.reports import SCORE_METRICS, test_folder_name
 
-STUDY_KEYS = ("name", "configs", "seeds", "grid", "set", "search", "trial", "concurrent")
+STUDY_KEYS = ("name", "configs", "seeds", "grid", "set", "search", "tests", "trial", "concurrent")
+PLAIN_TEST = "plain"  # a `tests` entry: the run's own config, nothing layered
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 # What a study's `seeds` sets: the global seed (networks, roll-outs) and the sampler's own stream, which is not
 # derived from the global seed (a grid over seed_everything alone gives every seed the same batches).
@@ -70,12 +77,13 @@ class Search:
 @dataclass
 class Study:
     name: str
-    configs: list[Path]
-    config_settings: dict[str, dict[str, Any]]  # a config's own settings, by its resolved path
+    configs: list[str | list[str]]  # each trial's config: a resolved path, or the paths layered in order
+    config_settings: dict[str, dict[str, Any]]  # a config entry's own settings, by its config_key
     seeds: list[int] | None
     grid: dict[str, list]
     fixed: dict[str, Any]
     search: Search | None
+    tests: list[str | None]  # the config layered on a run's own for each `offrl test` (None: nothing)
     cpus: float
     gpus: float
     concurrent: int | None
@@ -85,7 +93,7 @@ class Study:
         """Every grid point: {"config": path, "seed": seed, "settings": {key: value}} (a search draws `samples` at each)."""
         keys = list(self.grid)
         return [
-            {"config": str(config), "seed": seed, "settings": dict(zip(keys, values))}
+            {"config": config, "seed": seed, "settings": dict(zip(keys, values))}
             for config in self.configs
             for seed in (self.seeds or [None])
             for values in itertools.product(*(self.grid[key] for key in keys))
@@ -129,6 +137,7 @@ def read_study(path: Path) -> Study:
         if seeds is not None and key in SEED_KEYS:
             raise OffrlError(f"study file {path}: seeds sets {key} for each trial; remove it from grid and set")
     search = read_search(path, raw.get("search"), grid, len(configs), seeds)
+    tests = read_tests(path, raw.get("tests"))
     places = [set(grid), set(fixed), set(search.space if search else {}), own_keys]
     overlap = sorted({key for a, b in itertools.combinations(places, 2) for key in a & b})
     if overlap:
@@ -147,31 +156,65 @@ def read_study(path: Path) -> Study:
     if "seed_everything" in varied and "data.init_args.seed" not in varied:
         print(f"offrl: note: study {path} varies seed_everything but not data.init_args.seed, so every trial draws the "
               "same batches; `seeds: [...]` varies both", file=sys.stderr, flush=True)
-    return Study(name, configs, config_settings, seeds, grid, fixed, search, float(cpus), float(gpus), concurrent, text)
+    return Study(name, configs, config_settings, seeds, grid, fixed, search, tests, float(cpus), float(gpus), concurrent, text)
 
 
-def study_configs(path: Path, given: Any) -> tuple[list[Path], dict[str, dict[str, Any]]]:
-    """The base configs, globs expanded, relative to the working folder (as on the command line), and the settings
-    of those given as {path: ..., set: {...}}."""
+def study_configs(path: Path, given: Any) -> tuple[list[str | list[str]], dict[str, dict[str, Any]]]:
+    """The base configs, globs expanded, relative to the working folder (as on the command line); a list of files is
+    one config, layered in order; and the settings of those given as {path: ..., set: {...}}, by config_key."""
     if not isinstance(given, list) or not given:
         raise OffrlError(f"study file {path}: configs must list the base config files (e.g. configs/iql/hopper-medium.yaml)")
-    found: list[Path] = []
+    found: list[str | list[str]] = []
     own: dict[str, dict[str, Any]] = {}
     for entry in given:
         settings = {}
         if isinstance(entry, dict):
-            if set(entry) - {"path", "set"} or not isinstance(entry.get("path"), str) or not isinstance(entry.get("set", {}), dict):
-                raise OffrlError(f"study file {path}: a configs entry is a path or {{path: FILE, set: {{key: value}}}}, got {entry!r}")
+            if set(entry) - {"path", "set"} or not isinstance(entry.get("path"), (str, list)) or not isinstance(entry.get("set", {}), dict):
+                raise OffrlError(f"study file {path}: a configs entry is a path, a list of paths (layered) or {{path: FILE, set: {{key: value}}}}, got {entry!r}")
             entry, settings = entry["path"], entry.get("set") or {}
-        pattern = str(entry)
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] if Path(pattern).is_file() else []
-        if not matches:
-            raise OffrlError(f"study file {path}: config {pattern} matches no file (paths are relative to {Path.cwd()})")
-        found += [Path(match).resolve() for match in matches]
-        own |= {str(Path(match).resolve()): settings for match in matches if settings}
-    if len(set(found)) != len(found):
+        if isinstance(entry, list):
+            if not entry or not all(isinstance(part, str) for part in entry):
+                raise OffrlError(f"study file {path}: a layered configs entry lists config files, got {entry!r}")
+            matches = [[existing_file(path, part) for part in entry]]
+        else:
+            pattern = str(entry)
+            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [existing_file(path, pattern)]
+            if not matches:
+                raise OffrlError(f"study file {path}: config {pattern} matches no file (paths are relative to {Path.cwd()})")
+            matches = [str(Path(match).resolve()) for match in matches]
+        found += matches
+        own |= {config_key(match): settings for match in matches if settings}
+    keys = [config_key(config) for config in found]
+    if len(set(keys)) != len(keys):
         raise OffrlError(f"study file {path}: a config is listed twice in configs; list each once")
     return found, own
+
+
+def existing_file(path: Path, given: str) -> str:
+    if not Path(given).is_file():
+        raise OffrlError(f"study file {path}: config {given} matches no file (paths are relative to {Path.cwd()})")
+    return str(Path(given).resolve())
+
+
+def config_files(config: str | list[str]) -> list[str]:
+    """A trial's config files, in the order they are layered."""
+    return [config] if isinstance(config, str) else list(config)
+
+
+def config_key(config: str | list[str]) -> str:
+    return "\n".join(config_files(config))
+
+
+def read_tests(path: Path, raw: Any) -> list[str | None]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw or not all(isinstance(entry, str) for entry in raw):
+        raise OffrlError(f"study file {path}: tests lists `{PLAIN_TEST}` or config files layered on each run for `offrl test`, got {raw!r}")
+    tests = [None if entry == PLAIN_TEST else existing_file(path, entry) for entry in raw]
+    names = [test_folder_name("test", [test] if test else []) for test in tests]
+    if len(set(names)) != len(names):
+        raise OffrlError(f"study file {path}: tests {raw!r} would log two tests into one folder ({', '.join(names)}); list each once, with distinct file names")
+    return tests
 
 
 def check_setting_key(path: Path, key: Any) -> None:
@@ -219,8 +262,8 @@ def read_search(path: Path, raw: Any, grid: dict, configs_count: int, seeds: lis
 def trial_label(params: dict) -> str:
     """What a trial is, short, for its folder: the config's folder and name, then its grid and sampled values
     (the study's fixed settings are the same in every trial)."""
-    config = Path(params["config"])
-    parts = [f"{config.parent.name}-{config.stem}"]
+    files = [Path(file) for file in config_files(params["config"])]
+    parts = [f"{files[0].parent.name}-{'+'.join(file.stem for file in files)}"]
     settings = {**params["settings"], **({"seed_everything": params["seed"]} if params.get("seed") is not None else {})}
     for key, value in sorted(settings.items()):
         short = key.rsplit(".", 1)[-1].replace("seed_everything", "seed")
@@ -240,13 +283,13 @@ def command_value(value: Any) -> str:
 def trial_settings(params: dict, config_settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Every setting a trial gives on the command line: the study's, its config's own, its grid point's, its seed's."""
     seed = params.get("seed")
-    return {**params.get("fixed", {}), **config_settings.get(params["config"], {}), **params["settings"],
+    return {**params.get("fixed", {}), **config_settings.get(config_key(params["config"]), {}), **params["settings"],
             **({key: seed for key in SEED_KEYS} if seed is not None else {})}
 
 
 def fit_args(params: dict, run_root: Path, cpus: float, resume: bool, config_settings: dict[str, dict[str, Any]]) -> list[str]:
     """The `offrl fit` command line of a trial: its base config, the study's settings, its own run folder and threads."""
-    args = ["fit", "--config", params["config"], "--trainer.default_root_dir", str(run_root)]
+    args = ["fit", *config_args(params["config"]), "--trainer.default_root_dir", str(run_root)]
     settings = trial_settings(params, config_settings)
     if "performance.threads" not in settings:
         args += ["--performance.threads", str(max(1, math.floor(cpus)))]
@@ -255,37 +298,57 @@ def fit_args(params: dict, run_root: Path, cpus: float, resume: bool, config_set
     return args + (["--ckpt_path", "last"] if resume else [])
 
 
+def config_args(config: str | list[str]) -> list[str]:
+    return [part for file in config_files(config) for part in ("--config", file)]
+
+
+def test_args(run_dir: Path, test: str | None) -> list[str]:
+    """The `offrl test` command line of one of a study's tests of a finished run: its own config, the test's layer."""
+    layer = ["--config", test] if test else []
+    return ["test", "--config", str(run_dir / "config.yaml"), *layer, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")]
+
+
 def check_trials(study: Study) -> None:
     """Every distinct trial command line (seeds aside; a search's space at its first values) parsed as `offrl fit`
-    parses it, without running anything: a setting its config's classes do not take, or a value of the wrong type,
-    is refused here in offrl's sentence, before any trial starts."""
+    parses it, and each test's layer on each config, without running anything: a setting its config's classes do
+    not take, or a value of the wrong type, is refused here in offrl's sentence, before any trial starts."""
+    first_values = {key: next(iter(spec.values()))[0] for key, spec in study.search.space.items()} if study.search else {}
+    checked, tested = set(), set()
+    for params in study.grid_trials():
+        params = {**params, "seed": None, "fixed": study.fixed, "settings": {**params["settings"], **first_values}}
+        settings = trial_settings(params, study.config_settings)
+        args = ["fit", *config_args(params["config"]), *(part for key, value in settings.items() for part in (f"--{key}", command_value(value)))]
+        if tuple(args) not in checked:
+            checked.add(tuple(args))
+            check_command(study, params, args)
+        for test in study.tests:
+            if test and (config_key(params["config"]), test) not in tested:
+                tested.add((config_key(params["config"]), test))
+                check_command(study, params, ["test", *args[1:], "--config", test])
+
+
+def check_command(study: Study, params: dict, args: list[str]) -> None:
+    """One trial command line parsed as the CLI parses it; a refusal is the study's one sentence."""
     import contextlib
     import io
 
     from offrl.cli import main
 
-    first_values = {key: next(iter(spec.values()))[0] for key, spec in study.search.space.items()} if study.search else {}
-    checked = set()
-    for params in study.grid_trials():
-        params = {**params, "seed": None, "fixed": study.fixed, "settings": {**params["settings"], **first_values}}
-        settings = trial_settings(params, study.config_settings)
-        args = ["fit", "--config", params["config"], *(part for key, value in settings.items() for part in (f"--{key}", command_value(value)))]
-        if tuple(args) in checked:
-            continue
-        checked.add(tuple(args))
-        errors = io.StringIO()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
-            try:
-                main([*args, "--print_config"])
-                code = 0
-            except SystemExit as stop:
-                code = stop.code
-        if code:
-            lines = [line for line in errors.getvalue().splitlines() if line.strip()]
-            reason = next((line.removeprefix("offrl: error: ") for line in reversed(lines) if line.startswith("offrl: error:")),
-                          lines[-1] if lines else f"exit code {code}")
-            shown = " ".join(f"--{key} {shlex.quote(command_value(value))}" for key, value in params["settings"].items())
-            raise OffrlError(f"study {study.name}: the trials of {params['config']} {shown}".rstrip() + f" cannot start: {reason}")
+    errors = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+        try:
+            main([*args, "--print_config"])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+    if code:
+        lines = [line for line in errors.getvalue().splitlines() if line.strip()]
+        reason = next((line.removeprefix("offrl: error: ") for line in reversed(lines) if line.startswith("offrl: error:")),
+                      lines[-1] if lines else f"exit code {code}")
+        shown = " ".join(f"--{key} {shlex.quote(command_value(value))}" for key, value in params["settings"].items())
+        trials = f"the trials of {' + '.join(config_files(params['config']))} {shown}".rstrip()
+        what = f"the test with {args[-1]} of {trials}" if args[0] == "test" else trials
+        raise OffrlError(f"study {study.name}: {what} cannot start: {reason}")
 
 
 def prepare_run_root(run_root: Path) -> bool:
@@ -299,29 +362,58 @@ def prepare_run_root(run_root: Path) -> bool:
     return False
 
 
-def run_trial(params: dict, experiment_dir: str, cpus: float, config_settings: dict[str, dict[str, Any]]) -> None:
-    """Tune's trainable: one `offrl fit` in this worker, reporting each evaluation to Tune. A mistake a user can
-    fix ends the trial with that one sentence (Tune records it as the trial's error)."""
+def run_trial(params: dict, experiment_dir: str, cpus: float, config_settings: dict[str, dict[str, Any]],
+              tests: list[str | None]) -> None:
+    """Tune's trainable: one `offrl fit` in this worker, reporting each evaluation to Tune, then the study's
+    `offrl test`s of its last checkpoint. A mistake a user can fix ends the trial with that one sentence (Tune
+    records it as the trial's error)."""
     from ray import tune
     from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
-    from offrl.cli import out_of_memory, path_fault, silence_known_noise, user_error
-    from offrl.cli.fit import run_lightning
+    from offrl.cli import silence_known_noise
 
     silence_known_noise()
-    run_root = Path(experiment_dir) / trial_folder_name(tune.get_context().get_trial_id(), params)
-    for summary in run_root.glob("*/*/version_*/summary.json"):
-        # The run ended before the study was stopped, but Tune had not yet recorded it: nothing is left to train.
-        print(f"offrl: {summary.parent} had finished; its last evaluation is reported to Tune", flush=True)
-        ended = json.loads(summary.read_text())
-        tune.report({**ended.get("last", {}), "update": ended.get("updates")})
-        return
-    args = fit_args(params, run_root, cpus, prepare_run_root(run_root), config_settings)
-    print(f"offrl: trial runs offrl {shlex.join(args)}", flush=True)
-    report = TuneReportCheckpointCallback(save_checkpoints=False, on="validation_end")
     sys.argv[1:] = []  # the worker's own command line is Ray's; the CLI reads only `args`
+    run_root = Path(experiment_dir) / trial_folder_name(tune.get_context().get_trial_id(), params)
+    ended = list(run_root.glob("*/*/version_*/summary.json"))
+    if ended:
+        # The run ended before the study was stopped, but Tune had not yet recorded it: nothing is left to train.
+        print(f"offrl: {ended[0].parent} had finished; its last evaluation is reported to Tune", flush=True)
+        summary = json.loads(ended[0].read_text())
+        tune.report({**summary.get("last", {}), "update": summary.get("updates")})
+    else:
+        args = fit_args(params, run_root, cpus, prepare_run_root(run_root), config_settings)
+        print(f"offrl: trial runs offrl {shlex.join(args)}", flush=True)
+        run_offrl(args, callbacks=[TuneReportCheckpointCallback(save_checkpoints=False, on="validation_end")])
+    if tests:
+        (summary,) = run_root.glob("*/*/version_*/summary.json")
+        run_tests(summary.parent, tests, json.loads(summary.read_text()).get("last", {}))
+
+
+def run_tests(run_dir: Path, tests: list[str | None], last: dict) -> None:
+    """The study's tests of a finished run, each unless an earlier start of the trial finished it; their scores
+    go to Tune beside the run's last evaluation, as `<test folder>/<metric>`."""
+    from ray import tune
+
+    scores = {}
+    for test in tests:
+        folder = run_dir / test_folder_name("test", [test] if test else [])
+        if not (folder / "summary.json").exists():
+            args = test_args(run_dir, test)
+            print(f"offrl: trial runs offrl {shlex.join(args)}", flush=True)
+            run_offrl(args)
+        tested = json.loads((folder / "summary.json").read_text()).get("test", {})
+        scores |= {f"{folder.name}/{metric}": value for metric, value in tested.items() if metric in SCORE_METRICS}
+    tune.report({**last, **scores})
+
+
+def run_offrl(args: list[str], callbacks: list | None = None) -> None:
+    """One offrl command in this worker; a refusal a user can fix becomes TrialFailed with offrl's sentence."""
+    from offrl.cli import out_of_memory, path_fault, user_error
+    from offrl.cli.fit import run_lightning
+
     try:
-        run_lightning(args, callbacks=[report])
+        run_lightning(args, callbacks=callbacks or ())
     except Exception as err:
         found = user_error(err) or path_fault(err) or out_of_memory(err)
         if found is None:
@@ -345,9 +437,8 @@ def param_space(study: Study) -> dict:
     if study.search is not None:
         settings |= {key: getattr(tune, kind)(*values) if kind != "choice" else tune.choice(values)
                      for key, spec in study.search.space.items() for kind, values in spec.items()}
-    configs = [str(config) for config in study.configs]
     optuna = study.search is not None and study.search.algorithm == "optuna"
-    space = {"config": configs[0] if optuna else tune.grid_search(configs), "settings": settings, "fixed": study.fixed}
+    space = {"config": study.configs[0] if optuna else tune.grid_search(study.configs), "settings": settings, "fixed": study.fixed}
     return space | ({"seed": tune.grid_search(study.seeds)} if study.seeds else {})
 
 
@@ -398,7 +489,8 @@ def sweep(study: Study, storage: Path, address: str | None = None, cpus: int | N
 
     experiment_dir = (storage / study.name).resolve()
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, experiment_dir=str(experiment_dir), cpus=study.cpus, config_settings=study.config_settings),
+        tune.with_parameters(run_trial, experiment_dir=str(experiment_dir), cpus=study.cpus, config_settings=study.config_settings,
+                             tests=study.tests),
         {"cpu": study.cpus, "gpu": study.gpus},
     )
     copy = experiment_dir / STUDY_COPY
@@ -450,7 +542,8 @@ def dry_run(study: Study) -> str:
     for params in study.grid_trials():
         samples = f" x {study.search.samples} samples of {', '.join(study.search.space)}" if study.search else ""
         extra = [f"--{key} {shlex.quote(command_value(value))}" for key, value in trial_settings({**params, "fixed": study.fixed}, study.config_settings).items()]
-        lines.append(f"  offrl fit --config {shlex.quote(params['config'])} {' '.join(extra)}{samples}".rstrip())
+        lines.append(f"  offrl fit {shlex.join(config_args(params['config']))} {' '.join(extra)}{samples}".rstrip())
+    lines += [f"  then: offrl {shlex.join(test_args(Path('<run>'), test))}" for test in study.tests]
     return "\n".join(lines)
 
 
