@@ -94,6 +94,28 @@ def test_goal_mix_follows_the_configured_ratios(goal_id):
     assert 0.1 <= (~same_episode).float().mean().item() <= 0.3
 
 
+def test_actor_goals_have_their_own_mix_and_the_value_goals_keep_theirs(goal_id):
+    """OGBench's GCIQL split: value goals 0.2 current / 0.5 future / 0.3 random, actor goals all from the future of
+    the same episode. Without an actor mix the batch holds one goal, drawn as before."""
+    value_mix = dict(future_goal_prob=0.5, random_goal_prob=0.3, current_goal_prob=0.2, geometric_discount=0.9)
+    split = ready(HindsightDataModule(goal_id, batch_size=4096, seed=1, actor_future_goal_prob=1.0, **value_mix))
+    batch = split.sample(4096)
+    rows = split.transitions["observation"]
+    goal_rows = {tuple(row) for row in split.transitions["next", "achieved_goal"].tolist()}
+    assert {tuple(goal) for goal in batch["actor_goal"].tolist()} <= goal_rows
+    # each actor goal is the achieved goal of a later-or-same step of the transition's own episode
+    future = (rows[:, 0][:, None] == batch["observation"][:, 0]) & (rows[:, 1][:, None] >= batch["observation"][:, 1])
+    matches = (split.transitions["next", "achieved_goal"][:, None, :] == batch["actor_goal"][None]).all(-1)
+    assert (matches & future).any(0).all()
+    value_same_episode = (rows[batch["goal_index"], 0] == batch["observation"][:, 0]).float().mean().item()
+    assert value_same_episode < 0.9  # the value goals keep their random share
+    alone = ready(HindsightDataModule(goal_id, batch_size=4096, seed=1, **value_mix))
+    one_goal = alone.sample(4096)
+    assert "actor_goal" not in one_goal.keys()
+    fresh = ready(HindsightDataModule(goal_id, batch_size=4096, seed=1, actor_future_goal_prob=1.0, **value_mix))
+    torch.testing.assert_close(fresh.sample(4096)["goal"], one_goal["goal"])  # the value goals are drawn first, as before
+
+
 def test_geometric_goals_stay_in_the_episode_and_come_sooner(goal_id):
     def offsets(module):
         batch = module.sample(8192)
@@ -196,6 +218,10 @@ def test_bad_datamodule_values_are_refused():
         TransitionDataModule("offrl/pointmaze/umaze-v0", batch_size=0)
     with pytest.raises(OffrlError, match="sum to 1"):
         HindsightDataModule("offrl/pointmaze/umaze-v0", future_goal_prob=0.5)
+    with pytest.raises(OffrlError, match=r"data.actor_future_goal_prob \+ actor_random_goal_prob \+ actor_current_goal_prob"):
+        HindsightDataModule("offrl/pointmaze/umaze-v0", actor_future_goal_prob=0.5)
+    with pytest.raises(OffrlError, match="data.actor_geometric_discount must lie in"):
+        HindsightDataModule("offrl/pointmaze/umaze-v0", actor_future_goal_prob=1.0, actor_geometric_discount=1.0)
 
 
 def test_any_step_windows_stay_in_one_episode_and_out_of_the_hold_out(flat_id):

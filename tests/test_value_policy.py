@@ -177,3 +177,28 @@ def test_tanh_mean_gaussian_keeps_its_mean_inside_any_action_box():
         torch.testing.assert_close(plain(x)[0], plain.net(x))
     assert torch.equal(log_std, torch.zeros_like(log_std))  # state-independent std, starting at 1
     assert "mean_low" not in plain.state_dict() and "mean_low" in boxed.state_dict()
+
+
+@pytest.mark.parametrize("extraction", ["awr", "ddpgbc"])
+def test_the_actor_learns_at_its_own_goals_and_the_value_at_the_value_goals(in_tmp_dir, extraction):
+    """With an actor goal mix (OGBench's split), the actor's loss is taken at `actor_goal` (its Q and V too) and the
+    value losses at `goal`: changing one goal set moves only its own losses."""
+    from offrl.algos.value_policy import EXTRACTIONS
+
+    L.seed_everything(0)
+    datamodule = HindsightDataModule(MAZE, batch_size=128, steps_per_epoch=50, generate_steps=30_000, geometric_discount=0.9,
+                                     future_goal_prob=0.5, random_goal_prob=0.3, current_goal_prob=0.2, actor_future_goal_prob=1.0)
+    model = ValuePolicy("iql", extraction, hidden_dims=[32, 32], lr=1e-3, discount=0.9)
+    trainer(max_steps=50).fit(model, datamodule)
+    batch = datamodule.sample(256)
+    assert "actor_goal" in batch.keys()
+    with torch.no_grad():
+        losses = model.losses(batch)
+        obs, actor_goal = model.normalized_inputs(batch["observation"], batch["actor_goal"])
+        torch.testing.assert_close(losses["actor_loss"], EXTRACTIONS[extraction](model, obs, actor_goal, batch["action"], None, None))
+        moved_value_goals = model.losses(batch.clone().update({"goal": batch["goal"].flip(0)}))
+        assert not torch.allclose(moved_value_goals["critic_loss"], losses["critic_loss"])
+        torch.testing.assert_close(moved_value_goals["actor_loss"], losses["actor_loss"])
+        moved_actor_goals = model.losses(batch.clone().update({"actor_goal": batch["actor_goal"].flip(0)}))
+        torch.testing.assert_close(moved_actor_goals["critic_loss"], losses["critic_loss"])
+        assert not torch.allclose(moved_actor_goals["actor_loss"], losses["actor_loss"])

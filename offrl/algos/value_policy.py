@@ -15,7 +15,8 @@ Policy extraction (`extraction`):
 Value and policy data can differ (the paper's data-scaling matrices): `value_data_fraction` and
 `policy_data_fraction` train the critic/value and the actor on the first fraction of the dataset's episodes.
 
-Goal tasks (the datamodule adds a relabelled `goal`): every network also sees the goal, and the reward is
+Goal tasks (the datamodule adds a relabelled `goal`, and `actor_goal` when the actor's goals have a mix of their
+own, OGBench's split): every network also sees the goal (the actor its `actor_goal` when there is one), and the reward is
 OGBench's gc_negative convention, r = 0 when the goal is reached (the next state is the goal) and -1 otherwise,
 with the bootstrap cut at the goal. Reward tasks use the dataset's reward and terminations.
 
@@ -291,6 +292,9 @@ class ValuePolicy(OfflineAlgorithm):
         if "policy" in batch.keys():  # the actor's own share of the data: no value of it is computed yet
             batch, q, v = batch["policy"], None, None
             obs, goal = self.normalized_inputs(batch["observation"], batch.get("goal"))
+        if "actor_goal" in batch.keys():  # goals of the actor's own mix: its Q and V are taken at them
+            obs, goal = self.normalized_inputs(batch["observation"], batch["actor_goal"])
+            q, v = None, None
         losses["actor_loss"] = EXTRACTIONS[self.hparams.extraction](self, obs, goal, batch["action"], q, v)
         return losses
 

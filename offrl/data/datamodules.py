@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -218,11 +219,36 @@ class TransitionDataModule(L.LightningDataModule):
         self.generator = None
 
 
+@dataclass(frozen=True)
+class GoalMix:
+    """Where relabelled goals come from: shares drawn from the future of the same episode (uniformly, or at an offset
+    ~ Geometric(1 - geometric_discount)), from any state of the dataset, and the next state itself."""
+
+    future: float
+    random: float
+    current: float
+    geometric_discount: float | None
+
+    def check(self, prefix: str) -> GoalMix:
+        shares = (self.future, self.random, self.current)
+        if min(shares) < 0 or abs(sum(shares) - 1.0) > 1e-6:
+            raise OffrlError(
+                f"data.{prefix}future_goal_prob + {prefix}random_goal_prob + {prefix}current_goal_prob must be non-negative and sum to 1, got {shares}"
+            )
+        if self.geometric_discount is not None and not 0.0 < self.geometric_discount < 1.0:
+            raise OffrlError(f"data.{prefix}geometric_discount must lie in (0, 1), got {self.geometric_discount}")
+        return self
+
+
 class HindsightDataModule(TransitionDataModule):
     """Transitions with a relabelled goal: a future state of the same episode, a random state, or the current one.
 
     Goals live in the dataset's achieved-goal space (the observation itself on datasets without goals).
     `goal_reached` marks the goal being the very next state, the sparse reward of goal-conditioned RL.
+
+    Batch keys: `goal` (the value goal), `goal_index`, ("next", "goal_reached"); with an actor goal mix of its own
+    (actor_future_goal_prob given), also `actor_goal`, which an actor reads instead of `goal` (OGBench's GCDataset
+    draws value and actor goals apart).
     """
 
     def __init__(
@@ -232,6 +258,10 @@ class HindsightDataModule(TransitionDataModule):
         random_goal_prob: float = 0.0,
         current_goal_prob: float = 0.0,
         geometric_discount: float | None = None,
+        actor_future_goal_prob: float | None = None,
+        actor_random_goal_prob: float = 0.0,
+        actor_current_goal_prob: float = 0.0,
+        actor_geometric_discount: float | None = None,
         **kwargs: Any,
     ):
         """
@@ -241,17 +271,15 @@ class HindsightDataModule(TransitionDataModule):
             random_goal_prob: share drawn from any state of the dataset.
             current_goal_prob: share equal to the next state itself.
             geometric_discount: draw future goals at offset ~ Geometric(1 - discount) instead of uniformly.
+            actor_future_goal_prob, actor_random_goal_prob, actor_current_goal_prob, actor_geometric_discount: the
+                actor goals' own mix (`actor_goal`); None: the actor is trained on the value goals.
         """
         super().__init__(dataset_id, **kwargs)
-        probs = (future_goal_prob, random_goal_prob, current_goal_prob)
-        if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
-            raise OffrlError(
-                f"data.future_goal_prob + random_goal_prob + current_goal_prob must be non-negative and sum to 1, got {probs}"
-            )
-        if geometric_discount is not None and not 0.0 < geometric_discount < 1.0:
-            raise OffrlError(f"data.geometric_discount must lie in (0, 1), got {geometric_discount}")
-        self.goal_probs = probs
-        self.geometric_discount = geometric_discount
+        self.goal_mix = GoalMix(future_goal_prob, random_goal_prob, current_goal_prob, geometric_discount).check("")
+        self.actor_goal_mix = None
+        if actor_future_goal_prob is not None:
+            self.actor_goal_mix = GoalMix(actor_future_goal_prob, actor_random_goal_prob, actor_current_goal_prob,
+                                          actor_geometric_discount).check("actor_")
 
     @property
     def goal_key(self) -> tuple[str, str]:
@@ -265,22 +293,22 @@ class HindsightDataModule(TransitionDataModule):
                 "(no achieved_goal / desired_goal); use offrl.data.datamodules.TransitionDataModule for a reward dataset"
             )
 
-    def sample_goal_indices(self, indices: torch.Tensor, num_transitions: int | None = None) -> torch.Tensor:
-        """For each transition index, the index whose next state is its goal (random goals from the first
-        `num_transitions` transitions when given)."""
+    def sample_goal_indices(self, indices: torch.Tensor, num_transitions: int | None = None, mix: GoalMix | None = None) -> torch.Tensor:
+        """For each transition index, the index whose next state is its goal, drawn by `mix` (default: the value
+        goals'); random goals from the first `num_transitions` transitions when given."""
+        mix = mix or self.goal_mix
         last = self.transitions["episode_last"][indices]
         remaining = last - indices + 1  # future states i..last, counted by the transition that reaches them
-        if self.geometric_discount is None:
+        if mix.geometric_discount is None:
             future = indices + self.random_indices(len(indices), remaining)
         else:
             u = torch.rand(len(indices), generator=self.generator, device=indices.device).clamp_min(1e-12)
-            offset = torch.floor(torch.log(u) / math.log(self.geometric_discount)).long()
+            offset = torch.floor(torch.log(u) / math.log(mix.geometric_discount)).long()
             future = indices + torch.minimum(offset, remaining - 1)
         random = self.random_indices(len(indices), num_transitions or self.transitions.batch_size[0])
         choice = torch.rand(len(indices), generator=self.generator, device=indices.device)
-        future_prob, random_prob, _ = self.goal_probs
-        goal_indices = torch.where(choice < future_prob, future, indices)
-        return torch.where((choice >= future_prob) & (choice < future_prob + random_prob), random, goal_indices)
+        goal_indices = torch.where(choice < mix.future, future, indices)
+        return torch.where((choice >= mix.future) & (choice < mix.future + mix.random), random, goal_indices)
 
     def sample(self, batch_size: int, num_transitions: int | None = None) -> TensorDict:
         indices = self.random_indices(batch_size, num_transitions or self.transitions.batch_size[0])
@@ -289,6 +317,8 @@ class HindsightDataModule(TransitionDataModule):
         batch["goal"] = self.transitions[self.goal_key][goal_indices]
         batch["goal_index"] = goal_indices
         batch["next", "goal_reached"] = goal_indices == indices
+        if self.actor_goal_mix is not None:
+            batch["actor_goal"] = self.transitions[self.goal_key][self.sample_goal_indices(indices, num_transitions, self.actor_goal_mix)]
         return batch
 
 
