@@ -249,6 +249,8 @@ class OffrlCLI(LightningCLI):
         in instantiate_classes."""
 
     def instantiate_classes(self) -> None:
+        """Lightning's classes, then what offrl decides before a subcommand runs: the checkpoint it starts from,
+        the fitted dynamics model a model-based run takes, and the folder it logs into."""
         try:
             super().instantiate_classes()
         except MisconfigurationException as err:  # Lightning's checks of trainer and callback settings
@@ -260,68 +262,79 @@ class OffrlCLI(LightningCLI):
         run_name = f"{self.model.algorithm_name}/{dataset_short_name(self.datamodule.dataset_id)}"
         # Runs live under trainer.default_root_dir when it is given (a study's trial keeps its runs in its folder).
         log_root = Path(config["trainer"].get("default_root_dir") or LOG_ROOT)
-        resumed_run = None  # the run folder a `fit --ckpt_path last` continues
-        self.dynamics_resume: Path | None = None  # the dynamics-fit checkpoint a run stopped in that phase resumes
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path == "last":
-            # This config's own run: its newest readable checkpoint, and (for fit) its folder to log into.
-            given = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]
-            files = [Path(str(file)) for file in config.get("config") or []]
-            run_dir = run_of_config(log_root / run_name, given, files)
-            # A fit stopped while fitting its dynamics model continues that fit; test and validate need SAC's.
-            in_dynamics_phase = self.subcommand == "fit" and not any((run_dir / "checkpoints").glob("*.ckpt"))
-            path, skipped = newest_readable(phase_checkpoint_dir(run_dir) if in_dynamics_phase else run_dir / "checkpoints")
-            for line in skipped:
-                print(f"offrl: {line}; resuming from {path} instead", file=sys.stderr)
-            if in_dynamics_phase:
-                # Stopped while fitting its dynamics model: that fit goes on (before_fit), then SAC starts afresh.
-                self.dynamics_resume, ckpt_path = path, None
-            else:
-                self.config_init[self.subcommand]["ckpt_path"] = str(path)
-                config["ckpt_path"] = str(path)  # and the start's recorded config names the file it resumed
-            resumed_run = run_dir if self.subcommand == "fit" else None
-        elif ckpt_path is not None:
-            path = Path(ckpt_path)
-        self.start_step = 0
-        if ckpt_path is not None:
-            checkpoint = read_checkpoint(path, map_location="cpu", mmap=True)  # only its metadata is read here
-            mismatch = checkpoint_mismatch(checkpoint, path, self.model, self.datamodule.dataset_id, self.subcommand == "fit")
-            if mismatch:
-                raise OffrlError(mismatch)
-            self.start_step = int(checkpoint.get("global_step", 0))
-            del checkpoint
-            if self.trainer.is_global_zero:
-                doing = {"fit": "resuming from", "test": "testing", "validate": "validating"}.get(self.subcommand, "loading")
-                print(f"offrl: {doing} {path} (update {self.start_step})", file=sys.stderr)
+        path, resumed_run = self.start_checkpoint(config, log_root / run_name)
         self.fits_dynamics_first = False
-        if self.subcommand == "fit" and ckpt_path is None and isinstance(self.model, ModelBasedSAC):
+        if self.subcommand == "fit" and path is None and isinstance(self.model, ModelBasedSAC):
             if self.model.hparams.get("dynamics_checkpoint"):
                 self.hand_over_fitted_dynamics(Path(self.model.hparams.dynamics_checkpoint))
             else:
                 self.fits_dynamics_first = needs_dynamics_fit(self.model)
         self.fresh_run_dir = self.extra_config_file = None
         if config["trainer"].get("logger") in (None, True):
-            tested_run = self.tested_run_dir(path) if ckpt_path is not None and self.subcommand != "fit" else None
-            if tested_run is not None:
-                # test/validate log beside the run they evaluate (<version>/test, <version>/test-opex with opex.yaml
-                # layered on the run's config), not into its training curves
-                layers = [str(file) for file in config.get("config") or []][1:]
-                self.trainer.logger = TensorBoardLogger(
-                    tested_run.parent, name="", version=tested_run.name, sub_dir=test_folder_name(self.subcommand, layers),
-                    default_hp_metric=False,
-                )
-            elif resumed_run is not None:
-                self.trainer.logger = TensorBoardLogger(resumed_run.parent, name="", version=resumed_run.name, default_hp_metric=False)
-            else:
-                self.trainer.logger = TensorBoardLogger(log_root, name=run_name, default_hp_metric=False)
-            run_dir = Path(self.trainer.logger.log_dir)
-            if resumed_run is None and tested_run is None:
-                self.fresh_run_dir = run_dir
-            self.name_config_file(run_dir)
+            self.set_run_logger(config, log_root, run_name, path, resumed_run)
         # Lightning's default bar counts trainer steps; offrl's counts updates.
         self.trainer.callbacks[:] = [
             UpdateProgressBar() if type(callback) in (TQDMProgressBar, RichProgressBar) else callback for callback in self.trainer.callbacks
         ]
+
+    def start_checkpoint(self, config, run_root: Path) -> tuple[Path | None, Path | None]:
+        """The checkpoint this subcommand starts from (None: a fresh start), checked against the model and data, and
+        the run folder a `fit --ckpt_path last` continues. `--ckpt_path last` is this config's own run's newest
+        readable checkpoint; a run stopped while fitting its dynamics model continues that fit (self.dynamics_resume)."""
+        resumed_run = None
+        self.dynamics_resume: Path | None = None
+        self.start_step = 0
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None:
+            return None, None
+        if ckpt_path == "last":
+            given = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]
+            files = [Path(str(file)) for file in config.get("config") or []]
+            run_dir = run_of_config(run_root, given, files)
+            # A fit stopped while fitting its dynamics model continues that fit; test and validate need SAC's.
+            in_dynamics_phase = self.subcommand == "fit" and not any((run_dir / "checkpoints").glob("*.ckpt"))
+            path, skipped = newest_readable(phase_checkpoint_dir(run_dir) if in_dynamics_phase else run_dir / "checkpoints")
+            for line in skipped:
+                print(f"offrl: {line}; resuming from {path} instead", file=sys.stderr)
+            resumed_run = run_dir if self.subcommand == "fit" else None
+            if in_dynamics_phase:
+                # Stopped while fitting its dynamics model: that fit goes on (before_fit), then SAC starts afresh.
+                self.dynamics_resume = path
+                return None, resumed_run
+            self.config_init[self.subcommand]["ckpt_path"] = str(path)
+            config["ckpt_path"] = str(path)  # and the start's recorded config names the file it resumed
+        else:
+            path = Path(ckpt_path)
+        checkpoint = read_checkpoint(path, map_location="cpu", mmap=True)  # only its metadata is read here
+        mismatch = checkpoint_mismatch(checkpoint, path, self.model, self.datamodule.dataset_id, self.subcommand == "fit")
+        if mismatch:
+            raise OffrlError(mismatch)
+        self.start_step = int(checkpoint.get("global_step", 0))
+        del checkpoint
+        if self.trainer.is_global_zero:
+            doing = {"fit": "resuming from", "test": "testing", "validate": "validating"}.get(self.subcommand, "loading")
+            print(f"offrl: {doing} {path} (update {self.start_step})", file=sys.stderr)
+        return path, resumed_run
+
+    def set_run_logger(self, config, log_root: Path, run_name: str, path: Path | None, resumed_run: Path | None) -> None:
+        """TensorBoard in the run's folder: a new version under <log_root>/<run_name>, the folder a fit resumes, or
+        for test/validate of a run's checkpoint a folder beside that run's curves (<version>/test, <version>/test-opex
+        with opex.yaml layered on the run's config)."""
+        tested_run = self.tested_run_dir(path) if path is not None and self.subcommand != "fit" else None
+        if tested_run is not None:
+            layers = [str(file) for file in config.get("config") or []][1:]
+            self.trainer.logger = TensorBoardLogger(
+                tested_run.parent, name="", version=tested_run.name, sub_dir=test_folder_name(self.subcommand, layers),
+                default_hp_metric=False,
+            )
+        elif resumed_run is not None:
+            self.trainer.logger = TensorBoardLogger(resumed_run.parent, name="", version=resumed_run.name, default_hp_metric=False)
+        else:
+            self.trainer.logger = TensorBoardLogger(log_root, name=run_name, default_hp_metric=False)
+        run_dir = Path(self.trainer.logger.log_dir)
+        if resumed_run is None and tested_run is None:
+            self.fresh_run_dir = run_dir
+        self.name_config_file(run_dir)
 
     def hand_over_fitted_dynamics(self, path: Path) -> None:
         """model.dynamics_checkpoint: the fitted dynamics model of an earlier run or fit, checked against this run and
