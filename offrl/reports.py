@@ -281,7 +281,7 @@ def estimate(point: float, interval: np.ndarray, n: int) -> str:
 
 
 def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None, pairs: list[tuple[str, str]] | None = None,
-           reps: int = 2000, seed: int = 0) -> str:
+           reps: int = 2000, seed: int = 0, metric: str | None = None) -> str:
     """The study's tables (report.md, with runs.csv and scores.csv beside it) and plots in `out_dir`; returns the
     Markdown. Per algorithm x dataset: IQM and mean of the final score over seeds with 95 % stratified bootstrap
     intervals; across datasets: IQM, mean, median and optimality gap; each run's best evaluation apart, labelled
@@ -291,7 +291,9 @@ def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None, pai
     runs = read_runs(paths, notes)
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = label_groups(runs)
-    scored = scored_groups(groups, notes)
+    if metric is not None and metric not in SCORE_METRICS:
+        raise OffrlError(f"--metric {metric} is not a score offrl reports; give one of {', '.join(SCORE_METRICS)}")
+    scored = scored_groups(groups, notes, metric)
     labels = sorted({group.label for group in scored})
     unknown = sorted({name for pair in pairs or [] for name in pair} - set(labels))
     if unknown:
@@ -305,8 +307,8 @@ def report(paths: list[Path], out_dir: Path, notes: list[str] | None = None, pai
     test_rows = tested_scores(scored)
     lines += test_tables(scored, test_rows, reps, seed)
     plots = []
-    for metric in sorted({group.metric for group in scored}, key=SCORE_METRICS.index):
-        lines += aggregate_section(scored, metric, out_dir, reps, seed, pairs, notes, plots)
+    for score in sorted({group.metric for group in scored}, key=SCORE_METRICS.index):
+        lines += aggregate_section(scored, score, out_dir, reps, seed, pairs, notes, plots)
     lines += groups_section(groups, out_dir)
     lines += ["", f"Plots: {', '.join(plots)}; one PNG of curves per group." if plots else "One PNG of curves per group.", ""]
     write_csv(out_dir / "scores.csv", [
@@ -342,14 +344,15 @@ def read_runs(paths: list[Path], notes: list[str]) -> list[Run]:
     return runs
 
 
-def scored_groups(groups: list[Group], notes: list[str]) -> list[Group]:
-    """The groups every run of which evaluated, each given the score metric its runs share (a note for the rest,
-    and for a group whose runs ended at different updates)."""
+def scored_groups(groups: list[Group], notes: list[str], metric: str | None = None) -> list[Group]:
+    """The groups every run of which evaluated, each given the score metric its runs share, the first of
+    SCORE_METRICS or the one asked for (a note for the rest, and for a group whose runs ended at different updates)."""
     scored = []
     for group in groups:
-        group.metric = next((m for m in SCORE_METRICS if all(run.scalars.get(m) for run in group.runs)), None)
+        group.metric = next((m for m in ([metric] if metric else SCORE_METRICS) if all(run.scalars.get(m) for run in group.runs)), None)
         if group.metric is None:
-            notes.append(f"{group.label} on {group.dataset} has no evaluation in every run ({len(group.runs)} runs); left out of the tables")
+            has = f"no {metric}" if metric else "no evaluation"
+            notes.append(f"{group.label} on {group.dataset} has {has} in every run ({len(group.runs)} runs); left out of the tables")
             continue
         scored.append(group)
         if len(group.last_updates()) > 1:

@@ -104,6 +104,17 @@ def test_offrl_report_tables_iqm_and_intervals_computed_from_the_event_files(run
     assert "| bc (hidden_dims=[16, 16]) | bc (hidden_dims=[32, 32]) |" in table  # the pair of P(X > Y)
 
 
+def test_report_tables_the_score_asked_for(runs, capsys):
+    """--metric picks the score (success on goal tasks, say, where a run also logs a normalised return)."""
+    assert offrl("report", "logs", "--out", "report-return", "--reps", "100", "--metric", "eval/return") == 0
+    table = Path("report-return/report.md").read_text()
+    events = EventAccumulator(str(run_dir(2)), size_guidance={"scalars": 0})
+    events.Reload()
+    assert "Score: report/hopper-v0: eval/return." in table
+    last_return = events.Scalars("eval/return")[-1].value
+    assert float(cell(table, "Final score: IQM", "bc (hidden_dims=[32, 32])").split(" (n=1)")[0]) == pytest.approx(last_return, rel=2e-3)
+
+
 def test_each_run_folder_has_its_summary_and_curves(runs):
     for version in range(3):
         assert (run_dir(version) / "curves.png").read_bytes().startswith(PNG)

@@ -23,12 +23,14 @@ def report_main(args: list[str]) -> None:
                              "with spaces); repeat for more (default: every pair when there are at most 5 algorithms)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default: 2000; rliable's papers use 50000, which takes minutes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    parser.add_argument("--metric", choices=("eval/normalized_score", "eval/success", "eval/return"),
+                        help="the score to table (default: per group, the first its runs have of normalized_score, success, return)")
     parsed = parser.parse_args(args)
     if parsed.reps < 100:
         raise OffrlError(f"--reps {parsed.reps} is too few resamples for a 95 % interval; give 100 or more (default 2000)")
     notes: list[str] = []
     try:
-        table = report(parsed.paths, parsed.out, notes, pairs=[tuple(pair) for pair in parsed.compare] if parsed.compare else None, reps=parsed.reps, seed=parsed.seed)
+        table = report(parsed.paths, parsed.out, notes, pairs=[tuple(pair) for pair in parsed.compare] if parsed.compare else None, reps=parsed.reps, seed=parsed.seed, metric=parsed.metric)
     finally:
         for note in notes:
             print(f"offrl: {note}", file=sys.stderr)
