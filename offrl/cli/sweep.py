@@ -178,10 +178,8 @@ def study_configs(path: Path, given: Any) -> tuple[list[str | list[str]], dict[s
             matches = [[existing_file(path, part) for part in entry]]
         else:
             pattern = str(entry)
-            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [existing_file(path, pattern)]
-            if not matches:
-                raise OffrlError(f"study file {path}: config {pattern} matches no file (paths are relative to {Path.cwd()})")
-            matches = [str(Path(match).resolve()) for match in matches]
+            # a glob that matches nothing is refused as the pattern itself, like a missing file
+            matches = [existing_file(path, match) for match in (sorted(glob.glob(pattern)) if glob.has_magic(pattern) else []) or [pattern]]
         found += matches
         own |= {config_key(match): settings for match in matches if settings}
     keys = [config_key(config) for config in found]
