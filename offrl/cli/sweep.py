@@ -209,10 +209,15 @@ def read_tests(path: Path, raw: Any) -> list[str | None]:
     if not isinstance(raw, list) or not raw or not all(isinstance(entry, str) for entry in raw):
         raise OffrlError(f"study file {path}: tests lists `{PLAIN_TEST}` or config files layered on each run for `offrl test`, got {raw!r}")
     tests = [None if entry == PLAIN_TEST else existing_file(path, entry) for entry in raw]
-    names = [test_folder_name("test", [test] if test else []) for test in tests]
+    names = [test_folder(test) for test in tests]
     if len(set(names)) != len(names):
         raise OffrlError(f"study file {path}: tests {raw!r} would log two tests into one folder ({', '.join(names)}); list each once, with distinct file names")
     return tests
+
+
+def test_folder(test: str | None) -> str:
+    """The folder of a run that one of the study's tests logs into (`test`, `test-opex`, ...)."""
+    return test_folder_name("test", [test] if test else [])
 
 
 def check_setting_key(path: Path, key: Any) -> None:
@@ -395,7 +400,7 @@ def run_tests(run_dir: Path, tests: list[str | None], last: dict) -> None:
 
     scores = {}
     for test in tests:
-        folder = run_dir / test_folder_name("test", [test] if test else [])
+        folder = run_dir / test_folder(test)
         if not (folder / "summary.json").exists():
             args = test_args(run_dir, test)
             print(f"offrl: trial runs offrl {shlex.join(args)}", flush=True)
